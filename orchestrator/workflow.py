@@ -1,0 +1,476 @@
+"""Pydantic models of the workflow file, in its canonical and grouped forms.
+
+Owns the shape of the YAML and every rule that needs no other stage to check
+(names, ids, paths, types). Cross-stage rules (unknown needs, cycles, the
+audit stage) belong to ``graph``. No I/O here: the loader gives us data, and
+a ``SourceMap`` so later checks can point at the line a value came from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StrictStr,
+    Tag,
+    model_validator,
+)
+
+from .errors import Location
+
+__all__ = [
+    "AUDITOR_AGENT",
+    "DEFAULT_MODEL",
+    "AgentSpec",
+    "ClaudeOptions",
+    "Defaults",
+    "GroupedWorkflow",
+    "OpenCodeOptions",
+    "OpenCodePermission",
+    "ParamSpec",
+    "PipelineGroup",
+    "PipelineStage",
+    "SourceMap",
+    "StageSpec",
+    "Workflow",
+    "json_schema",
+]
+
+DEFAULT_MODEL = "claude-sonnet-5-5"
+AUDITOR_AGENT = "auditor"
+ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+PARAM_RE = re.compile(r"[a-z_][a-z0-9_]{0,63}")
+MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+TEMPLATE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+
+Path_ = tuple[str | int, ...]
+
+
+def _check_id(value: str) -> str:
+    if not ID_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid id: use lowercase letters, digits, '-' and '_', start with a letter "
+            "or digit, at most 64 characters (ids become file names)"
+        )
+    return value
+
+
+def _check_param_name(value: str) -> str:
+    if not PARAM_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid param name: use lowercase letters, digits and '_', starting with a "
+            "letter or '_' (templates read it as params.<name>)"
+        )
+    return value
+
+
+def _check_model(value: str) -> str:
+    if "/" in value:
+        raise ValueError(
+            f"{value!r}: give the Anthropic model id without a provider prefix (e.g. {DEFAULT_MODEL!r}); "
+            "the OpenCode config gets 'anthropic/' added for you"
+        )
+    if not MODEL_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid model id")
+    return value
+
+
+def _check_relpath(value: str) -> str:
+    """A path that stays inside the project: relative, no '..', no drive or backslashes."""
+    if not value.strip():
+        raise ValueError("path is empty")
+    if "\\" in value or "\x00" in value:
+        raise ValueError(f"{value!r}: use '/' as the separator")
+    path = PurePosixPath(value)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", value):
+        raise ValueError(f"{value!r} is absolute; give a path relative to the project root")
+    if ".." in path.parts:
+        raise ValueError(f"{value!r} leaves the project folder ('..' is not allowed)")
+    return value
+
+
+def _check_template(value: str) -> str:
+    if not TEMPLATE_RE.fullmatch(value) or ".." in value.split("/"):
+        raise ValueError(
+            f"{value!r} is not a valid template name: a path relative to content/instructions/ such as "
+            "'plan.md' or 'team/review.md'"
+        )
+    return value
+
+
+StageId = Annotated[StrictStr, AfterValidator(_check_id)]
+AgentName = Annotated[StrictStr, AfterValidator(_check_id)]
+ParamName = Annotated[StrictStr, AfterValidator(_check_param_name)]
+ModelId = Annotated[StrictStr, AfterValidator(_check_model)]
+RelPath = Annotated[StrictStr, AfterValidator(_check_relpath)]
+TemplateName = Annotated[StrictStr, AfterValidator(_check_template)]
+
+
+class _Model(BaseModel):
+    # defer_build: validators are built on first use, so start-up pays only for the form a file uses.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+class ParamSpec(_Model):
+    """A launch-time input, given as ``--param name=value``."""
+
+    description: str = Field("", description="What the param means; shown in help and to the coordinator.")
+    type: Literal["string", "integer", "number", "boolean"] = Field(
+        "string", description="The value's type; command-line values are converted to it."
+    )
+    required: bool = Field(False, description="The run refuses to start without it.")
+    default: Any = Field(None, description="Value used when the param is not given (string, number or boolean).")
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> ParamSpec:
+        if self.default is None:
+            return self
+        if not isinstance(self.default, str | int | float | bool):
+            raise ValueError("default must be a string, a number or a boolean")
+        if self.required:
+            raise ValueError("a required param can't have a default; drop one of them")
+        ok = {
+            "string": isinstance(self.default, str),
+            "integer": isinstance(self.default, int) and not isinstance(self.default, bool),
+            "number": isinstance(self.default, int | float) and not isinstance(self.default, bool),
+            "boolean": isinstance(self.default, bool),
+        }[self.type]
+        if not ok:
+            raise ValueError(f"default {self.default!r} is not of type {self.type}")
+        return self
+
+
+class Defaults(_Model):
+    """Settings every stage inherits unless its agent or the stage overrides them."""
+
+    model: ModelId = Field(DEFAULT_MODEL, description="Anthropic model id used when nothing more specific is set.")
+    max_parallel: int = Field(4, ge=1, le=256, description="Stages run at once at most; 1 = strictly sequential.")
+    max_tokens: int = Field(8192, ge=1, le=200_000, description="Output token limit of each model request.")
+
+
+PermissionLevel = Literal["allow", "ask", "deny"]
+
+
+def _shape(value: Any) -> str:
+    """Unions of a value and a mapping are chosen by the input's shape, so an error names the
+    branch the user meant instead of listing every branch's complaint."""
+    return "by-mapping" if isinstance(value, Mapping | BaseModel) else "by-value"
+
+
+PatternLevels = Annotated[
+    Annotated[PermissionLevel, Tag("by-value")] | Annotated[dict[StrictStr, PermissionLevel], Tag("by-mapping")],
+    Discriminator(_shape),
+]
+OPENCODE_COLORS = ("primary", "secondary", "accent", "success", "warning", "error", "info")
+
+
+def _check_color(value: str) -> str:
+    if value in OPENCODE_COLORS or re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        return value
+    raise ValueError(f"{value!r} is not a colour OpenCode accepts: #RRGGBB or one of {', '.join(OPENCODE_COLORS)}")
+
+
+def _check_opencode_model(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:@/-]*", value):
+        raise ValueError(f"{value!r}: OpenCode models are written provider/model, e.g. 'anthropic/claude-sonnet-4-5'")
+    return value
+
+
+class OpenCodePermission(_Model):
+    """OpenCode's per-agent permissions: allow, ask or deny, or a map of patterns to those."""
+
+    read: PatternLevels | None = Field(None, description="Reading files (a level, or {glob: level}).")
+    edit: PatternLevels | None = Field(None, description="Editing files (a level, or {glob: level}).")
+    glob: PatternLevels | None = Field(None, description="Finding files by pattern.")
+    grep: PatternLevels | None = Field(None, description="Searching file contents.")
+    list: PatternLevels | None = Field(None, description="Listing folders.")
+    bash: PatternLevels | None = Field(
+        None, description="Shell commands: one level, or a map of command patterns ('git *') to levels."
+    )
+    task: PatternLevels | None = Field(None, description="Starting subagents (a level, or {agent: level}).")
+    external_directory: PatternLevels | None = Field(None, description="Touching files outside the project.")
+    webfetch: PermissionLevel | None = Field(None, description="Fetching web pages.")
+    websearch: PermissionLevel | None = Field(None, description="Searching the web.")
+    todowrite: PermissionLevel | None = Field(None, description="Writing the todo list.")
+
+
+PermissionSetting = Annotated[
+    Annotated[PermissionLevel, Tag("by-value")] | Annotated[OpenCodePermission, Tag("by-mapping")],
+    Discriminator(_shape),
+]
+
+
+class OpenCodeOptions(_Model):
+    """Extra settings written into the OpenCode agent's frontmatter."""
+
+    model: Annotated[StrictStr, AfterValidator(_check_opencode_model)] | None = Field(
+        None, description="Model for OpenCode only, as provider/model (default: anthropic/<the agent's model>)."
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling.")
+    steps: int | None = Field(None, ge=1, le=10_000, description="Most tool-using steps the agent may take.")
+    permission: PermissionSetting | None = Field(
+        None, description="What the agent may do without asking: one level for everything, or per tool."
+    )
+    tools: dict[StrictStr, bool] | None = Field(
+        None, description="Turn individual OpenCode tools on or off, e.g. {write: false} (prefer permission)."
+    )
+    color: Annotated[StrictStr, AfterValidator(_check_color)] | None = Field(
+        None, description="Colour of the agent in OpenCode's UI: #RRGGBB or a theme colour such as accent."
+    )
+    hidden: bool | None = Field(None, description="Hide a subagent from OpenCode's @ menu.")
+
+
+CLAUDE_MODEL_ALIASES = ("sonnet", "opus", "haiku", "inherit")
+
+
+def _check_claude_model(value: str) -> str:
+    return value if value in CLAUDE_MODEL_ALIASES else _check_model(value)
+
+
+class ClaudeOptions(_Model):
+    """Extra settings written into the Claude Code subagent's frontmatter."""
+
+    tools: tuple[StrictStr, ...] | None = Field(
+        None, description="Tools the subagent may use (e.g. [Read, Grep, Glob]); all tools when unset."
+    )
+    model: Annotated[StrictStr, AfterValidator(_check_claude_model)] | None = Field(
+        None, description="Model for Claude Code only: an alias (sonnet, opus, haiku, inherit) or a model id."
+    )
+
+
+class AgentSpec(_Model):
+    """An agent type: its instructions template and static model routing."""
+
+    template: TemplateName | None = Field(
+        None, description="Instructions template under content/instructions/; defaults to <agent>.md."
+    )
+    model: ModelId | None = Field(None, description="Model for every stage this agent runs.")
+    description: str | None = Field(None, description="One line saying what the agent does; tools show it.")
+    opencode: OpenCodeOptions | None = Field(None, description="Settings only for the OpenCode config.")
+    claude: ClaudeOptions | None = Field(None, description="Settings only for the Claude Code config.")
+
+    def template_name(self, agent: str) -> str:
+        return self.template or f"{agent}.md"
+
+
+class StageSpec(_Model):
+    """One step of the workflow, run by one agent once its needs have succeeded."""
+
+    id: StageId = Field(description="Unique stage id; defaults to the agent's name. Becomes a file name.")
+    agent: AgentName = Field(description="The agent that runs the stage.")
+    needs: tuple[StageId, ...] = Field((), description="Stages that must succeed before this one starts.")
+    description: str | None = Field(None, description="What the stage is for; shown to agents.")
+    prompt: str | None = Field(
+        None, description="The stage's task, a Jinja template rendered at run time with params and upstream outputs."
+    )
+    model: ModelId | None = Field(None, description="Model override for this stage only.")
+    outputs: tuple[RelPath, ...] = Field((), description="Files the stage produces, relative to the project root.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_defaults_to_agent(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "id" not in data and isinstance(data.get("agent"), str):
+            return {"id": data["agent"], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _needs_unique(self) -> StageSpec:
+        seen: set[str] = set()
+        for need in self.needs:
+            if need in seen:
+                raise ValueError(f"needs lists {need!r} twice")
+            seen.add(need)
+        return self
+
+
+@dataclass
+class SourceMap:
+    """Where each value of a workflow came from.
+
+    ``marks`` is keyed by the path of a value in the file as written; ``aliases``
+    maps a canonical prefix such as ``("stages", 3)`` to the prefix it was written
+    at (``("pipeline", 1, "parallel", 0)`` in the grouped form).
+    """
+
+    file: str
+    marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    aliases: dict[Path_, Path_] = field(default_factory=dict)
+    block_scalars: set[Path_] = field(default_factory=set)
+
+    def written_path(self, path: Path_) -> Path_:
+        for cut in range(len(path), 0, -1):
+            written = self.aliases.get(path[:cut])
+            if written is not None:
+                return written + path[cut:]
+        return path
+
+    def locate(self, path: Path_, *, key: bool = False, line_offset: int = 0) -> Location:
+        """The closest known location of ``path`` (the key itself with ``key=True``)."""
+        written = self.written_path(path)
+        if key and written in self.key_marks:
+            line, col = self.key_marks[written]
+            return Location(self.file, line, col)
+        for cut in range(len(written), -1, -1):
+            mark = self.marks.get(written[:cut])
+            if mark is not None:
+                line, col = mark
+                if cut == len(written) and line_offset:
+                    skip = 1 if written in self.block_scalars else 0
+                    return Location(self.file, line + line_offset + skip, None)
+                return Location(self.file, line, col)
+        return Location(self.file)
+
+
+class _WorkflowBase(_Model):
+    version: Literal[1] = Field(1, description="Format version of the workflow file.")
+    name: StageId = Field(description="Workflow name; defaults to the file name. Prefixes generated agent names.")
+    description: str = Field("", description="What the workflow is for; shown to every agent.")
+    params: dict[ParamName, ParamSpec] = Field(default_factory=dict, description="Launch-time inputs.")
+    defaults: Defaults = Field(default_factory=Defaults, description="Settings every stage inherits.")
+    context: tuple[RelPath, ...] = Field(
+        (), description="Files (e.g. AGENTS.md) injected into every agent's instructions, if present."
+    )
+    agents: dict[AgentName, AgentSpec] = Field(
+        default_factory=dict, description="Agent types: template, model routing and per-tool settings."
+    )
+
+    _source: SourceMap | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> SourceMap:
+        return self._source or SourceMap(file=f"<workflow {self.name}>")
+
+    def with_source(self, source: SourceMap) -> _WorkflowBase:
+        self._source = source
+        return self
+
+    def locate(self, *path: str | int, key: bool = False, line_offset: int = 0) -> Location:
+        return self.source.locate(tuple(path), key=key, line_offset=line_offset)
+
+    def agent_spec(self, agent: str) -> AgentSpec:
+        return self.agents.get(agent) or AgentSpec()
+
+
+class Workflow(_WorkflowBase):
+    """A workflow in canonical form: a flat list of stages joined by ``needs``."""
+
+    stages: tuple[StageSpec, ...] = Field(description="The stages, joined into a DAG by their needs.")
+
+
+class PipelineStage(_Model):
+    """A single stage in the grouped form."""
+
+    stage: StageId | None = Field(None, description="Stage id; defaults to the agent's name.")
+    agent: AgentName = Field(description="The agent that runs the stage.")
+    needs: tuple[StageId, ...] | None = Field(
+        None, description="Stages this one waits for; defaults to every stage of the previous pipeline item."
+    )
+    description: str | None = Field(None, description="What the stage is for; shown to agents.")
+    prompt: str | None = Field(None, description="The stage's task, rendered at run time.")
+    model: ModelId | None = Field(None, description="Model override for this stage only.")
+    output: RelPath | None = Field(None, description="The file the stage produces (shorthand for outputs: [file]).")
+    outputs: tuple[RelPath, ...] = Field((), description="Files the stage produces.")
+
+    @model_validator(mode="after")
+    def _one_output_form(self) -> PipelineStage:
+        if self.output is not None and self.outputs:
+            raise ValueError("give either output: or outputs:, not both")
+        return self
+
+
+class PipelineGroup(_Model):
+    """A named group of stages that run in parallel."""
+
+    stage: StrictStr | None = Field(None, description="Label of the group (not a stage id).")
+    description: str | None = Field(None, description="What the group is for.")
+    parallel: tuple[PipelineStage, ...] = Field(min_length=1, description="Stages that may run at the same time.")
+
+
+def _pipeline_item_kind(value: Any) -> str:
+    return "pipeline-group" if isinstance(value, Mapping) and "parallel" in value else "pipeline-stage"
+
+
+PipelineItem = Annotated[
+    Annotated[PipelineStage, Tag("pipeline-stage")] | Annotated[PipelineGroup, Tag("pipeline-group")],
+    Discriminator(_pipeline_item_kind),
+]
+UNION_TAGS = frozenset({"pipeline-stage", "pipeline-group", "by-value", "by-mapping"})
+
+
+class GroupedWorkflow(_WorkflowBase):
+    """The grouped form from the design notes: ``pipeline:`` items, ``parallel:`` groups."""
+
+    pipeline: tuple[PipelineItem, ...] = Field(description="Stages in order; parallel groups run side by side.")
+
+    def to_workflow(self) -> Workflow:
+        """The canonical twin. An item without ``needs`` waits for the whole previous item."""
+        stages: list[StageSpec] = []
+        aliases: dict[Path_, Path_] = {}
+        previous: list[str] = []
+        for i, item in enumerate(self.pipeline):
+            members: list[tuple[PipelineStage, Path_]]
+            if isinstance(item, PipelineGroup):
+                members = [(m, ("pipeline", i, "parallel", j)) for j, m in enumerate(item.parallel)]
+            else:
+                members = [(item, ("pipeline", i))]
+            current: list[str] = []
+            for member, written in members:
+                aliases[("stages", len(stages))] = written
+                stage_id = member.stage or member.agent
+                stages.append(
+                    StageSpec(
+                        id=stage_id,
+                        agent=member.agent,
+                        needs=member.needs if member.needs is not None else tuple(previous),
+                        description=member.description,
+                        prompt=member.prompt,
+                        model=member.model,
+                        outputs=(member.output,) if member.output else member.outputs,
+                    )
+                )
+                aliases[("stages", len(stages) - 1, "id")] = (*written, "stage")
+                current.append(stage_id)
+            previous = current
+        common = {name: getattr(self, name) for name in _WorkflowBase.model_fields}
+        workflow = Workflow(**common, stages=tuple(stages))
+        source = self.source
+        source.aliases.update(aliases)
+        workflow.with_source(source)
+        return workflow
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a workflow file (either form), for editors and ``orchestrate schema``."""
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Workflow | GroupedWorkflow] = TypeAdapter(Workflow | GroupedWorkflow)
+    schema = adapter.json_schema(mode="validation")
+    defs = schema.get("$defs", {})
+    # Values the loader fills in are optional in the file: name (from the file name), stage id (agent).
+    for model in ("Workflow", "GroupedWorkflow"):
+        required = defs.get(model, {}).get("required", [])
+        if "name" in required:
+            required.remove("name")
+    stage_required = defs.get("StageSpec", {}).get("required", [])
+    if "id" in stage_required:
+        stage_required.remove("id")
+    defs["Workflow"]["description"] = "Canonical form: a flat list of stages joined by needs."
+    defs["GroupedWorkflow"]["description"] = "Grouped form: pipeline items and parallel groups."
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "orchestrate workflow",
+        "description": "A workflow file for orchestrate: stages run by agents, joined by needs.",
+        **schema,
+    }
