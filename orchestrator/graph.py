@@ -1,0 +1,309 @@
+"""Workflow -> DAG -> Plan: the checked, ordered shape of a run.
+
+Owns every rule that spans stages: unique ids, known needs, no cycles, one
+final audit stage (added when missing), and the derived views: parallel waves,
+a deterministic order, the critical path, and drawings (mermaid, dot). The only
+module that imports networkx; everything it hands out is plain data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from .errors import WorkflowError, WorkflowErrors
+from .workflow import AUDITOR_AGENT, StageSpec, Workflow
+
+__all__ = ["Plan", "build_plan", "render_graph"]
+
+GRAPH_FORMATS = ("mermaid", "dot", "json", "text")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated workflow as a DAG, with everything a compile or a run needs to know."""
+
+    workflow: Workflow
+    stages: Mapping[str, StageSpec]
+    order: tuple[str, ...]
+    waves: tuple[tuple[str, ...], ...]
+    critical_path: tuple[str, ...]
+    audit_stage: str
+    dependents: Mapping[str, tuple[str, ...]]
+    added_audit: bool = False
+    notices: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    waves_by_stage: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """Agents that run at least one stage, sorted."""
+        return tuple(sorted({s.agent for s in self.stages.values()}))
+
+    def stages_of(self, agent: str) -> tuple[StageSpec, ...]:
+        return tuple(self.stages[i] for i in self.order if self.stages[i].agent == agent)
+
+    def model_for(self, stage_id: str) -> str:
+        """Model routing: the stage's own model, else its agent's, else the workflow default."""
+        stage = self.stages[stage_id]
+        return stage.model or self.workflow.agent_spec(stage.agent).model or self.workflow.defaults.model
+
+    def model_for_agent(self, agent: str) -> str:
+        return self.workflow.agent_spec(agent).model or self.workflow.defaults.model
+
+    def ancestors(self, stage_id: str) -> set[str]:
+        """Every stage ``stage_id`` waits for, directly or through others."""
+        seen: set[str] = set()
+        todo = list(self.stages[stage_id].needs)
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo.extend(self.stages[current].needs)
+        return seen
+
+    def descendants(self, stage_ids: set[str]) -> set[str]:
+        """Every stage that waits, directly or through others, for one of ``stage_ids``."""
+        seen: set[str] = set()
+        todo = [d for sid in stage_ids for d in self.dependents[sid]]
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo.extend(self.dependents[current])
+        return seen
+
+    def wave_of(self, stage_id: str) -> int:
+        """The 0-based index of the wave ``stage_id`` belongs to."""
+        return self.waves_by_stage[stage_id]
+
+
+def build_plan(workflow: Workflow) -> Plan:
+    """Check the stages as a graph and derive the plan; raise every problem found at once."""
+    errors: list[WorkflowError] = []
+    if not workflow.stages:
+        raise WorkflowError(
+            "workflow has no stages",
+            location=workflow.locate("stages", key=True),
+            hint="add at least one stage with an id and an agent",
+        )
+
+    first_index: dict[str, int] = {}
+    for index, stage in enumerate(workflow.stages):
+        if stage.id in first_index:
+            first = workflow.locate("stages", first_index[stage.id], "id")
+            errors.append(
+                WorkflowError(
+                    f"duplicate stage id {stage.id!r} (first used on line {first.line})",
+                    location=workflow.locate("stages", index, "id"),
+                    hint="give each stage its own id (stages without an id take their agent's name)",
+                )
+            )
+        else:
+            first_index[stage.id] = index
+
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    graph.add_nodes_from(first_index)
+    for index, stage in enumerate(workflow.stages):
+        if first_index.get(stage.id) != index:
+            continue
+        for n, need in enumerate(stage.needs):
+            if need not in first_index:
+                close = difflib.get_close_matches(need, list(first_index), n=1, cutoff=0.6)
+                errors.append(
+                    WorkflowError(
+                        f"stage {stage.id!r} needs unknown stage {need!r}",
+                        location=workflow.locate("stages", index, "needs", n),
+                        hint=f"did you mean {close[0]!r}?" if close else "known stages: " + ", ".join(first_index),
+                    )
+                )
+            else:
+                graph.add_edge(need, stage.id)
+    WorkflowErrors.raise_if_any(errors)
+
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        path = [edge[0] for edge in cycle] + [cycle[0][0]]
+        closing = cycle[-1]
+        index = first_index[closing[1]]
+        need_index = workflow.stages[index].needs.index(closing[0])
+        raise WorkflowError(
+            "cycle in needs: " + " → ".join(path),
+            location=workflow.locate("stages", index, "needs", need_index),
+            hint="a stage can't wait, directly or indirectly, for itself; remove one of these needs",
+        )
+
+    stages = {stage.id: stage for stage in workflow.stages}
+    audit_id, added, notices = _audit_stage(workflow, graph, stages, first_index)
+    waves = tuple(tuple(sorted(gen)) for gen in nx.topological_generations(graph))
+    order = tuple(stage_id for wave in waves for stage_id in wave)
+    dependents = {node: tuple(sorted(graph.successors(node))) for node in order}
+    return Plan(
+        workflow=workflow,
+        stages={stage_id: stages[stage_id] for stage_id in order},
+        order=order,
+        waves=waves,
+        critical_path=_critical_path(graph, order),
+        audit_stage=audit_id,
+        dependents=dependents,
+        added_audit=added,
+        notices=tuple(notices),
+        warnings=tuple(_warnings(workflow, stages)),
+        waves_by_stage={sid: index for index, wave in enumerate(waves) for sid in wave},
+    )
+
+
+def _audit_stage(
+    workflow: Workflow, graph: nx.DiGraph[str], stages: dict[str, StageSpec], first_index: dict[str, int]
+) -> tuple[str, bool, list[str]]:
+    """Apply the audit rule: exactly one audit stage, last, reached from every other stage."""
+    audits = [s.id for s in workflow.stages if s.agent == AUDITOR_AGENT]
+    if len(audits) > 1:
+        raise WorkflowError(
+            f"a workflow has exactly one audit stage (agent {AUDITOR_AGENT!r}); found {len(audits)}: "
+            + ", ".join(audits),
+            location=workflow.locate("stages", first_index[audits[1]], "agent"),
+            hint="keep one audit stage at the end and let it need the others",
+        )
+    sinks = sorted(node for node in graph if graph.out_degree(node) == 0)
+    if not audits:
+        audit_id = "audit"
+        suffix = 2
+        while audit_id in stages:
+            audit_id = f"audit-{suffix}"
+            suffix += 1
+        stages[audit_id] = StageSpec(
+            id=audit_id,
+            agent=AUDITOR_AGENT,
+            needs=tuple(sinks),
+            description="Checks every stage's work against the workflow's intent and gates the result.",
+        )
+        graph.add_node(audit_id)
+        graph.add_edges_from((sink, audit_id) for sink in sinks)
+        notice = f"no audit stage declared: added {audit_id!r} (agent {AUDITOR_AGENT}) after " + ", ".join(sinks)
+        return audit_id, True, [notice]
+
+    audit_id = audits[0]
+    index = first_index[audit_id]
+    after = sorted(graph.successors(audit_id))
+    if after:
+        raise WorkflowError(
+            f"the audit stage {audit_id!r} must be the last stage, but {', '.join(after)} "
+            + ("needs" if len(after) == 1 else "need")
+            + " it",
+            location=workflow.locate("stages", index, "id"),
+            hint="the audit gates the result, so nothing may run after it",
+        )
+    loose = [sink for sink in sinks if sink != audit_id]
+    if loose:
+        raise WorkflowError(
+            f"{', '.join(repr(s) for s in loose)} "
+            + ("does" if len(loose) == 1 else "do")
+            + f" not lead to the audit stage {audit_id!r}, so the audit would not check "
+            + ("its" if len(loose) == 1 else "their")
+            + " work",
+            location=workflow.locate("stages", index, "needs"),
+            hint=f"add {', '.join(loose)} to the needs of {audit_id!r}",
+        )
+    return audit_id, False, []
+
+
+def _critical_path(graph: nx.DiGraph[str], order: tuple[str, ...]) -> tuple[str, ...]:
+    """The longest chain of stages (by count); ties go to the alphabetically first stage."""
+    length: dict[str, int] = {}
+    best_pred: dict[str, str | None] = {}
+    for node in order:
+        preds = sorted(graph.predecessors(node), key=lambda p: (-length[p], p))
+        best_pred[node] = preds[0] if preds else None
+        length[node] = 1 + (length[preds[0]] if preds else 0)
+    end = min(order, key=lambda n: (-length[n], n))
+    path = [end]
+    while (pred := best_pred[path[-1]]) is not None:
+        path.append(pred)
+    return tuple(reversed(path))
+
+
+def _warnings(workflow: Workflow, stages: Mapping[str, StageSpec]) -> list[str]:
+    used = {s.agent for s in stages.values()}
+    out = [f"agent {name!r} is declared but no stage uses it" for name in workflow.agents if name not in used]
+    return out
+
+
+# -- drawings -----------------------------------------------------------------------------------------
+
+
+def render_graph(plan: Plan, fmt: str, status: Mapping[str, str] | None = None) -> str:
+    """Draw the plan as mermaid, dot, json or text; ``status`` colours mermaid nodes by stage status."""
+    if fmt == "mermaid":
+        return _mermaid(plan, status or {})
+    if fmt == "dot":
+        return _dot(plan)
+    if fmt == "json":
+        return json.dumps(
+            {
+                "workflow": plan.workflow.name,
+                "nodes": [{"id": i, "agent": plan.stages[i].agent, "model": plan.model_for(i)} for i in plan.order],
+                "edges": [[need, i] for i in plan.order for need in plan.stages[i].needs],
+                "waves": [list(w) for w in plan.waves],
+            },
+            indent=2,
+        )
+    if fmt == "text":
+        lines = []
+        for stage_id in plan.order:
+            stage = plan.stages[stage_id]
+            needs = f"  ← {', '.join(stage.needs)}" if stage.needs else ""
+            lines.append(f"{stage_id} ({stage.agent}){needs}")
+        return "\n".join(lines)
+    raise ValueError(f"unknown graph format {fmt!r}")
+
+
+_STATUS_STYLE = {
+    "pending": "fill:#eeeeee,stroke:#999999",
+    "running": "fill:#fff3bf,stroke:#f08c00",
+    "succeeded": "fill:#d3f9d8,stroke:#2f9e44",
+    "failed": "fill:#ffe3e3,stroke:#e03131",
+    "skipped": "fill:#f1f3f5,stroke:#adb5bd,stroke-dasharray: 4 2",
+}
+
+
+def _mermaid(plan: Plan, status: Mapping[str, str]) -> str:
+    # Stage ids may be mermaid keywords ("end"), so nodes get positional ids and carry the id as label.
+    node = {stage_id: f"s{index}" for index, stage_id in enumerate(plan.order)}
+    lines = ["flowchart TD"]
+    for stage_id in plan.order:
+        stage = plan.stages[stage_id]
+        label = f"{stage_id}<br/>{stage.agent}"
+        shape = f'{{{{"{label}"}}}}' if stage_id == plan.audit_stage else f'["{label}"]'
+        lines.append(f"    {node[stage_id]}{shape}")
+    for stage_id in plan.order:
+        for need in plan.stages[stage_id].needs:
+            lines.append(f"    {node[need]} --> {node[stage_id]}")
+    used = sorted({status[s] for s in plan.order if s in status and status[s] in _STATUS_STYLE})
+    for name in used:
+        lines.append(f"    classDef {name} {_STATUS_STYLE[name]}")
+    for name in used:
+        members = ",".join(node[s] for s in plan.order if status.get(s) == name)
+        lines.append(f"    class {members} {name}")
+    return "\n".join(lines)
+
+
+def _dot(plan: Plan) -> str:
+    lines = [f"digraph {json.dumps(plan.workflow.name)} {{", "    rankdir=TB;"]
+    for stage_id in plan.order:
+        stage = plan.stages[stage_id]
+        shape = "doubleoctagon" if stage_id == plan.audit_stage else "box"
+        label = json.dumps(f"{stage_id}\n({stage.agent})")
+        lines.append(f"    {json.dumps(stage_id)} [label={label}, shape={shape}];")
+    for stage_id in plan.order:
+        for need in plan.stages[stage_id].needs:
+            lines.append(f"    {json.dumps(need)} -> {json.dumps(stage_id)};")
+    lines.append("}")
+    return "\n".join(lines)
