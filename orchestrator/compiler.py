@@ -1,0 +1,128 @@
+"""The compile pipeline: workflow file -> plan -> checked, rendered agents -> agent files.
+
+``compile_workflow`` does every check ``validate`` promises and renders every
+agent, without touching the output folder; ``write_output`` and ``check_output``
+then write or compare the files. Each CLI command calls one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .agent_config import (
+    TARGETS,
+    CheckReport,
+    GeneratedFile,
+    Target,
+    WriteReport,
+    build_files,
+    check_files,
+    write_files,
+)
+from .errors import WorkflowError, WorkflowErrors
+from .graph import Plan, build_plan
+from .loader import load_workflow
+from .project import Project
+from .render import RenderedAgent, Renderer, config_name
+from .workflow import ID_RE
+
+__all__ = ["Compiled", "check_output", "compile_workflow", "load_plan", "write_output"]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A workflow checked and rendered: everything needed to write or compare its agent files."""
+
+    project: Project
+    source: str
+    plan: Plan
+    rendered: tuple[RenderedAgent, ...]
+    files: tuple[GeneratedFile, ...]
+    targets: tuple[Target, ...]
+    warnings: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]:
+        """The plan as ``validate --json`` prints it."""
+        plan = self.plan
+        return {
+            "valid": True,
+            "workflow": plan.workflow.name,
+            "file": self.source,
+            "stages": len(plan.order),
+            "agents": [
+                {"name": a.agent, "config_name": a.name, "model": a.model, "coordinator": a.coordinator}
+                for a in self.rendered
+            ],
+            "waves": [list(wave) for wave in plan.waves],
+            "critical_path": list(plan.critical_path),
+            "audit_stage": plan.audit_stage,
+            "notices": list(plan.notices),
+            "warnings": list(self.warnings),
+        }
+
+
+def load_plan(workflow_path: Path, project: Project) -> tuple[Plan, str, bytes]:
+    """Load, validate and plan a workflow; returns the plan, the file's display name and its bytes."""
+    source = project.display(workflow_path)
+    plan = build_plan(load_workflow(workflow_path, display=source))
+    try:
+        data = workflow_path.read_bytes()
+    except OSError:  # pragma: no cover - it was readable a moment ago
+        data = b""
+    return plan, source, data
+
+
+def compile_workflow(workflow_path: Path, project: Project, targets: tuple[Target, ...] = TARGETS) -> Compiled:
+    """Check everything and render every agent; raise every problem found, write nothing."""
+    plan, source, data = load_plan(workflow_path, project)
+    _check_config_names(plan)
+    renderer = Renderer(project, plan, source, data)
+    WorkflowErrors.raise_if_any(renderer.check())
+    rendered = tuple(renderer.render_agents())
+    files = tuple(build_files(plan.workflow, rendered, source, targets))
+    return Compiled(
+        project=project,
+        source=source,
+        plan=plan,
+        rendered=rendered,
+        files=files,
+        targets=targets,
+        warnings=(*plan.warnings, *renderer.warnings),
+    )
+
+
+def write_output(compiled: Compiled, out_dir: Path, *, force: bool = False) -> WriteReport:
+    return write_files(out_dir, list(compiled.files), compiled.source, compiled.targets, force=force)
+
+
+def check_output(compiled: Compiled, out_dir: Path) -> CheckReport:
+    return check_files(out_dir, list(compiled.files), compiled.source, compiled.targets)
+
+
+def _check_config_names(plan: Plan) -> None:
+    workflow = plan.workflow
+    coordinator = config_name(workflow.name, "coordinator")
+    errors: list[WorkflowError] = []
+    for index, stage in enumerate(workflow.stages):
+        if config_name(workflow.name, stage.agent) == coordinator:
+            errors.append(
+                WorkflowError(
+                    "agent name 'coordinator' is reserved for the coordinator orchestrate generates",
+                    location=workflow.locate("stages", index, "agent"),
+                    hint="rename the agent (its template can still be any file via agents.<name>.template)",
+                )
+            )
+            break
+    for agent in plan.agents:
+        name = config_name(workflow.name, agent)
+        if len(name) > 128 or not ID_RE.fullmatch(name[:64]):
+            errors.append(
+                WorkflowError(
+                    f"generated agent name {name!r} is too long",
+                    location=workflow.locate("name"),
+                    hint="shorten the workflow name or the agent name",
+                )
+            )
+    WorkflowErrors.raise_if_any(errors)

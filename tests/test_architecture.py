@@ -1,0 +1,110 @@
+"""The layout's rules, checked by walking the package's imports and calls."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
+MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+# Each third-party library has one home (the yaml serializer also writes agent frontmatter).
+HOMES = {
+    "click": {"cli.py"},
+    "yaml": {"loader.py", "agent_config.py"},
+    "networkx": {"graph.py"},
+    "jinja2": {"render/sandbox.py", "render/checks.py", "render/renderer.py"},
+    "anthropic": {"runners/anthropic.py"},
+}
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """(module, level) for every import; level > 0 for relative imports."""
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, 0) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level))
+    return found
+
+
+def resolve(path: Path, module: str, level: int) -> str | None:
+    """The package-relative file a relative import points at, if it is ours."""
+    if level == 0:
+        if not module.startswith("orchestrator"):
+            return None
+        parts = module.split(".")[1:]
+        base = PACKAGE
+    else:
+        base = path.parent
+        for _ in range(level - 1):
+            base = base.parent
+        parts = module.split(".") if module else []
+    target = base.joinpath(*parts)
+    if target.with_suffix(".py").exists():
+        return rel(target.with_suffix(".py"))
+    if (target / "__init__.py").exists():
+        return rel(target / "__init__.py")
+    return None
+
+
+@pytest.mark.parametrize("library", sorted(HOMES))
+def test_each_library_has_one_home(library: str) -> None:
+    users = {rel(p) for p in MODULES if any(m.split(".")[0] == library and lvl == 0 for m, lvl in imports(p))}
+    assert users <= HOMES[library]
+
+
+def test_nothing_imports_the_cli() -> None:
+    users = {rel(p) for p in MODULES for m, lvl in imports(p) if resolve(p, m, lvl) == "cli.py"}
+    assert users <= {"__main__.py"}
+
+
+def test_no_circular_imports() -> None:
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    for path in MODULES:
+        for module, level in imports(path):
+            target = resolve(path, module, level)
+            if target and target != rel(path) and target != "__init__.py":
+                graph.add_edge(rel(path), target)
+    assert list(nx.simple_cycles(graph)) == []
+
+
+def test_the_library_never_prints_exits_or_reads_the_environment() -> None:
+    offences = []
+    for path in MODULES:
+        if rel(path) in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("print", "input"):
+                offences.append(f"{rel(path)}:{node.lineno} {node.func.id}()")
+            if isinstance(node, ast.Attribute) and (
+                (node.attr in ("exit", "argv") and isinstance(node.value, ast.Name) and node.value.id == "sys")
+                or (
+                    node.attr in ("environ", "getenv", "getcwd")
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "os"
+                )
+                or (node.attr == "cwd" and isinstance(node.value, ast.Name) and node.value.id == "Path")
+            ):
+                offences.append(f"{rel(path)}:{node.lineno} {ast.unparse(node)}")
+    assert offences == []
+
+
+def test_every_module_says_what_it_owns() -> None:
+    assert [rel(p) for p in MODULES if not ast.get_docstring(ast.parse(p.read_text()))] == []
+
+
+def test_public_api_is_sorted_and_importable() -> None:
+    import orchestrator
+
+    assert orchestrator.__all__ == sorted(orchestrator.__all__)
+    for name in orchestrator.__all__:
+        assert hasattr(orchestrator, name), name
