@@ -143,9 +143,8 @@ def validate(workflow: Path, root: Path | None, as_json: bool) -> int:
         return EXIT_OK
     plan = compiled.plan
     agents = {a.agent for a in compiled.rendered if not a.coordinator}
-    click.echo(
-        f"{compiled.source}: workflow {plan.workflow.name!r} is valid ({len(plan.order)} stages, {len(agents)} agents)"
-    )
+    counts = f"{len(plan.order)} stages, {len(agents)} agents"
+    click.echo(f"{_shown(workflow.absolute())}: workflow {plan.workflow.name!r} is valid ({counts})")
     click.echo("Waves (stages in one wave can run in parallel):")
     width = len(str(len(plan.waves)))
     for index, wave in enumerate(plan.waves, 1):
@@ -215,17 +214,18 @@ def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, c
     compiled = _compile(workflow, root, target)
     out_dir = out.absolute() if out else compiled.project.output_dir
     shown_out = _shown(out_dir)
+    shown_wf = _shown(workflow.absolute())
     _print_notes(compiled.plan.notices, compiled.warnings)
     if check:
         report = check_output(compiled, out_dir)
         if report.ok:
-            click.echo(f"{shown_out}/ is up to date with {compiled.source} ({len(report.up_to_date)} files)")
+            click.echo(f"{shown_out}/ is up to date with {shown_wf} ({len(report.up_to_date)} files)")
             return EXIT_OK
-        click.echo(f"{shown_out}/ is not up to date with {compiled.source}:")
+        click.echo(f"{shown_out}/ is not up to date with {shown_wf}:")
         for label, paths in (("stale", report.stale), ("missing", report.missing), ("extra", report.extra)):
             for rel in paths:
                 click.echo(f"  {label:<8}{shown_out}/{rel}")
-        _err(f"Run: orchestrate compile {_shown(workflow.absolute())}" + (f" --out {shown_out}" if out else ""))
+        _err(f"Run: orchestrate compile {shown_wf}" + (f" --out {shown_out}" if out else ""))
         return EXIT_FAILED
     result = write_output(compiled, out_dir, force=force)
     for rel in result.written:
@@ -233,7 +233,7 @@ def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, c
     for rel in result.removed:
         click.echo(f"  removed  {shown_out}/{rel}")
     click.echo(
-        f"Compiled {compiled.source} → {shown_out}/: {len(result.written)} written, "
+        f"Compiled {shown_wf} → {shown_out}/: {len(result.written)} written, "
         f"{len(result.unchanged)} unchanged, {len(result.removed)} removed"
     )
     return EXIT_OK

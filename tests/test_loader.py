@@ -13,33 +13,12 @@ from orchestrator.errors import WorkflowError, WorkflowErrors
 from orchestrator.graph import build_plan
 from orchestrator.loader import load_workflow, parse_workflow
 
-from .conftest import CliRunner
+from .conftest import REPO, CliRunner
 
 DATA = Path(__file__).parent / "data"
 
 # The grouped example from the design notes, exactly as written there (trailing spaces included).
-DESIGN_NOTE_PIPELINE = """\
-# orchestrator.yaml
-pipeline:
-  - stage: plan
-    agent: plan
-    output: plan.md
-    
-  - stage: implement
-    parallel:
-      - agent: backend
-        needs: [plan]
-      - agent: frontend  
-        needs: [plan]
-        
-  - stage: integrate
-    agent: build
-    needs: [backend, frontend]
-    
-  - stage: audit
-    agent: auditor
-    needs: [integrate]
-"""
+DESIGN_NOTE_PIPELINE = (REPO / "examples/pipeline/workflows/orchestrator.yaml").read_text(encoding="utf-8")
 
 CANONICAL_TWIN = """\
 name: orchestrator
