@@ -199,16 +199,23 @@ def write_files(
                         hint="give the workflows different names (generated agents are named <workflow>-<agent>)",
                     )
     expected = {f.path for f in files}
-    for generated in files:
-        path = out_dir / generated.path
-        if path.is_file() and path.read_bytes() == generated.content:
-            report.unchanged.append(generated.path)
-            continue
-        atomic_write(path, generated.content)
-        report.written.append(generated.path)
-    for path in _existing(out_dir, targets):
-        rel = path.relative_to(out_dir).as_posix()
-        if rel not in expected and read_marker(path) == source:
-            path.unlink()
-            report.removed.append(rel)
+    try:
+        for generated in files:
+            path = out_dir / generated.path
+            if path.is_file() and path.read_bytes() == generated.content:
+                report.unchanged.append(generated.path)
+                continue
+            atomic_write(path, generated.content)
+            report.written.append(generated.path)
+        for path in _existing(out_dir, targets):
+            rel = path.relative_to(out_dir).as_posix()
+            if rel not in expected and read_marker(path) == source:
+                path.unlink()
+                report.removed.append(rel)
+    except OSError as exc:
+        where = exc.filename or out_dir
+        raise ProjectError(
+            f"can't write the output folder: {where}: {exc.strerror or exc}",
+            hint="check that the output folder (--out) is a writable folder",
+        ) from exc
     return report

@@ -263,3 +263,12 @@ def test_values_the_tools_would_silently_misread_are_errors(
     result = cli("validate", "workflows/feature.yaml", cwd=project.root)
     assert result.code == 2
     assert message in result.err
+
+
+def test_an_output_folder_that_cannot_be_written_is_a_clear_error(feature: TempProject, cli: CliRunner) -> None:
+    feature.write("output/opencode", "a file where a folder should be\n")
+    result = cli("compile", "workflows/feature.yaml", cwd=feature.root)
+    assert result.code == 2
+    assert "Error: can't write the output folder: " in result.err
+    assert "output/opencode/agents: Not a directory" in result.err
+    assert "Traceback" not in result.err

@@ -225,9 +225,11 @@ class TemplateChecker:
     def _parse_file(self, name: str, path: Path, display: str) -> tuple[str, _Analysis] | TemplateSyntaxError:
         """Each template file is analysed once per compile, however many templates include it."""
         if name not in self._files:
-            source = path.read_bytes().decode("utf-8-sig", errors="replace").replace("\r\n", "\n")
             try:
+                source = path.read_bytes().decode("utf-8-sig", errors="replace").replace("\r\n", "\n")
                 self._files[name] = (display, self.analyze(source, name, display))
+            except OSError as exc:
+                self._files[name] = TemplateSyntaxError(f"can't read the template: {exc.strerror}", 1, name, display)
             except TemplateSyntaxError as exc:
                 self._files[name] = exc
         return self._files[name]

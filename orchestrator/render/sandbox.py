@@ -77,7 +77,10 @@ class ConfinedLoader(BaseLoader):
         if found is None:
             raise TemplateNotFound(template)
         path, display = found
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise TemplateSyntaxError(f"can't read the template: {exc.strerror or exc}", 1, template, display) from None
         loaded = Loaded(display, data)
         try:
             text = data.decode("utf-8-sig").replace("\r\n", "\n")
@@ -128,7 +131,9 @@ def _bytecode_cache() -> FileSystemBytecodeCache | None:
     private folder Jinja refuses, and we simply compile every time.
     """
     try:
-        return FileSystemBytecodeCache()
+        # Our own file names: code compiled by a non-sandboxed Jinja elsewhere must never be
+        # loaded here, since the sandbox's checks are compiled into the code.
+        return FileSystemBytecodeCache(pattern="orchestrate-sandboxed-%s.cache")
     except (RuntimeError, OSError):
         return None
 
