@@ -25,8 +25,8 @@ from .errors import WorkflowError, WorkflowErrors
 from .graph import Plan, build_plan
 from .loader import load_workflow
 from .project import Project
-from .render import RenderedAgent, Renderer, config_name
-from .workflow import ID_RE
+from .render import RenderedAgent, Renderer
+from .render.context import COORDINATOR
 
 __all__ = ["Compiled", "check_output", "compile_workflow", "load_plan", "write_output"]
 
@@ -102,27 +102,12 @@ def check_output(compiled: Compiled, out_dir: Path) -> CheckReport:
 
 
 def _check_config_names(plan: Plan) -> None:
+    """The coordinator's generated name is taken: no agent of the workflow may be called that."""
     workflow = plan.workflow
-    coordinator = config_name(workflow.name, "coordinator")
-    errors: list[WorkflowError] = []
     for index, stage in enumerate(workflow.stages):
-        if config_name(workflow.name, stage.agent) == coordinator:
-            errors.append(
-                WorkflowError(
-                    "agent name 'coordinator' is reserved for the coordinator orchestrate generates",
-                    location=workflow.locate("stages", index, "agent"),
-                    hint="rename the agent (its template can still be any file via agents.<name>.template)",
-                )
+        if stage.agent == COORDINATOR:
+            raise WorkflowError(
+                f"agent name {COORDINATOR!r} is reserved for the coordinator orchestrate generates",
+                location=workflow.locate("stages", index, "agent"),
+                hint="rename the agent (its template can still be any file via agents.<name>.template)",
             )
-            break
-    for agent in plan.agents:
-        name = config_name(workflow.name, agent)
-        if len(name) > 128 or not ID_RE.fullmatch(name[:64]):
-            errors.append(
-                WorkflowError(
-                    f"generated agent name {name!r} is too long",
-                    location=workflow.locate("name"),
-                    hint="shorten the workflow name or the agent name",
-                )
-            )
-    WorkflowErrors.raise_if_any(errors)

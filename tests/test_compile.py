@@ -272,3 +272,12 @@ def test_an_output_folder_that_cannot_be_written_is_a_clear_error(feature: TempP
     assert "Error: can't write the output folder: " in result.err
     assert "output/opencode/agents: Not a directory" in result.err
     assert "Traceback" not in result.err
+
+
+def test_coordinator_is_a_reserved_agent_name(project: TempProject, cli: CliRunner) -> None:
+    project.workflow("name: feature\nstages: [{id: lead, agent: coordinator}]\n")
+    result = cli("validate", "workflows/feature.yaml", cwd=project.root)
+    assert result.code == 2
+    assert result.err.startswith(
+        "Error: workflows/feature.yaml:2:28: agent name 'coordinator' is reserved for the coordinator"
+    )
