@@ -2,25 +2,23 @@
 
 Owns every rule that spans stages: unique ids, known needs, no cycles, one
 final audit stage (added when missing), and the derived views: parallel waves,
-a deterministic order, the critical path, and drawings (mermaid, dot). The only
+a deterministic order, and the critical path. The only
 module that imports networkx; everything it hands out is plain data.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import networkx as nx
 
+from .drawing import Drawing, render
 from .errors import WorkflowError, WorkflowErrors
 from .workflow import AUDITOR_AGENT, StageSpec, Workflow
 
 __all__ = ["Plan", "build_plan", "render_graph"]
-
-GRAPH_FORMATS = ("mermaid", "dot", "json", "text")
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,18 @@ class Plan:
                 seen.add(current)
                 todo.extend(self.dependents[current])
         return seen
+
+    def drawing(self) -> Drawing:
+        """The plan as plain data for ``drawing.render``."""
+        return Drawing(
+            name=self.workflow.name,
+            order=self.order,
+            needs={sid: self.stages[sid].needs for sid in self.order},
+            agents={sid: self.stages[sid].agent for sid in self.order},
+            models={sid: self.model_for(sid) for sid in self.order},
+            audit_stage=self.audit_stage,
+            waves=self.waves,
+        )
 
     def wave_of(self, stage_id: str) -> int:
         """The 0-based index of the wave ``stage_id`` belongs to."""
@@ -236,74 +246,6 @@ def _warnings(workflow: Workflow, stages: Mapping[str, StageSpec]) -> list[str]:
     return out
 
 
-# -- drawings -----------------------------------------------------------------------------------------
-
-
 def render_graph(plan: Plan, fmt: str, status: Mapping[str, str] | None = None) -> str:
-    """Draw the plan as mermaid, dot, json or text; ``status`` colours mermaid nodes by stage status."""
-    if fmt == "mermaid":
-        return _mermaid(plan, status or {})
-    if fmt == "dot":
-        return _dot(plan)
-    if fmt == "json":
-        return json.dumps(
-            {
-                "workflow": plan.workflow.name,
-                "nodes": [{"id": i, "agent": plan.stages[i].agent, "model": plan.model_for(i)} for i in plan.order],
-                "edges": [[need, i] for i in plan.order for need in plan.stages[i].needs],
-                "waves": [list(w) for w in plan.waves],
-            },
-            indent=2,
-        )
-    if fmt == "text":
-        lines = []
-        for stage_id in plan.order:
-            stage = plan.stages[stage_id]
-            needs = f"  ← {', '.join(stage.needs)}" if stage.needs else ""
-            lines.append(f"{stage_id} ({stage.agent}){needs}")
-        return "\n".join(lines)
-    raise ValueError(f"unknown graph format {fmt!r}")
-
-
-_STATUS_STYLE = {
-    "pending": "fill:#eeeeee,stroke:#999999",
-    "running": "fill:#fff3bf,stroke:#f08c00",
-    "succeeded": "fill:#d3f9d8,stroke:#2f9e44",
-    "failed": "fill:#ffe3e3,stroke:#e03131",
-    "skipped": "fill:#f1f3f5,stroke:#adb5bd,stroke-dasharray: 4 2",
-}
-
-
-def _mermaid(plan: Plan, status: Mapping[str, str]) -> str:
-    # Stage ids may be mermaid keywords ("end"), so nodes get positional ids and carry the id as label.
-    node = {stage_id: f"s{index}" for index, stage_id in enumerate(plan.order)}
-    lines = ["flowchart TD"]
-    for stage_id in plan.order:
-        stage = plan.stages[stage_id]
-        label = f"{stage_id}<br/>{stage.agent}"
-        shape = f'{{{{"{label}"}}}}' if stage_id == plan.audit_stage else f'["{label}"]'
-        lines.append(f"    {node[stage_id]}{shape}")
-    for stage_id in plan.order:
-        for need in plan.stages[stage_id].needs:
-            lines.append(f"    {node[need]} --> {node[stage_id]}")
-    used = sorted({status[s] for s in plan.order if s in status and status[s] in _STATUS_STYLE})
-    for name in used:
-        lines.append(f"    classDef {name} {_STATUS_STYLE[name]}")
-    for name in used:
-        members = ",".join(node[s] for s in plan.order if status.get(s) == name)
-        lines.append(f"    class {members} {name}")
-    return "\n".join(lines)
-
-
-def _dot(plan: Plan) -> str:
-    lines = [f"digraph {json.dumps(plan.workflow.name)} {{", "    rankdir=TB;"]
-    for stage_id in plan.order:
-        stage = plan.stages[stage_id]
-        shape = "doubleoctagon" if stage_id == plan.audit_stage else "box"
-        label = json.dumps(f"{stage_id}\n({stage.agent})")
-        lines.append(f"    {json.dumps(stage_id)} [label={label}, shape={shape}];")
-    for stage_id in plan.order:
-        for need in plan.stages[stage_id].needs:
-            lines.append(f"    {json.dumps(need)} -> {json.dumps(stage_id)};")
-    lines.append("}")
-    return "\n".join(lines)
+    """Draw the plan (see ``drawing.render``)."""
+    return render(plan.drawing(), fmt, status)
