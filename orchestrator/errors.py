@@ -8,6 +8,7 @@ uses. The CLI prints them in one place; the library never prints or exits::
     ├── WorkflowError                bad workflow file, graph or template (exit 2)
     │   └── WorkflowErrors           several WorkflowErrors found in one pass
     ├── ProjectError                 paths, output folders, files we refuse to overwrite (exit 2)
+    ├── UsageError                   bad run inputs: params, task names, a missing API key (exit 2)
     ├── RunnerError                  a provider or command failed (exit 1; original kept as __cause__)
     ├── StateError                   a state folder that can't be read or written (exit 2)
     └── RunFailedError               the run finished but failed (exit 1)
@@ -25,6 +26,7 @@ __all__ = [
     "RunFailedError",
     "RunnerError",
     "StateError",
+    "UsageError",
     "WorkflowError",
     "WorkflowErrors",
 ]
@@ -117,6 +119,10 @@ class WorkflowErrors(WorkflowError):
 
 class ProjectError(OrchestrateError):
     """A path, folder or file of the project can't be used as asked."""
+
+
+class UsageError(OrchestrateError):
+    """What the user asked the run to do can't be done as given: params, task name, credentials."""
 
 
 class RunnerError(OrchestrateError):

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import Location, WorkflowError, WorkflowErrors
 from .workflow import ID_RE, UNION_TAGS, GroupedWorkflow, SourceMap, Workflow
 
-__all__ = ["MAX_FILE_BYTES", "load_workflow", "parse_workflow"]
+__all__ = ["MAX_FILE_BYTES", "load_mapping", "load_workflow", "parse_workflow"]
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_DEPTH = 64
@@ -89,29 +89,45 @@ for _tag, _regexp, _first in (
 def load_workflow(path: Path, *, display: str | None = None) -> Workflow:
     """Read and validate a workflow file. ``display`` is how errors name the file."""
     shown = display or str(path)
+    text = _read_text(path, shown, "workflow file", "check the path, e.g. workflows/feature.yaml")
+    return parse_workflow(text, source=shown, default_name=path.stem)
+
+
+def load_mapping(path: Path, *, display: str | None = None, what: str = "file") -> dict[str, Any]:
+    """A YAML (or JSON) file holding one mapping, read as safely as a workflow; ``what`` names it in errors."""
+    shown = display or str(path)
+    smap = SourceMap(file=shown)
+    data = _parse_yaml(_read_text(path, shown, what, "check the path"), smap)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WorkflowError(
+            f"{what} must hold a mapping of names to values, not a {_kind(data)}", location=smap.locate(())
+        )
+    return data
+
+
+def _read_text(path: Path, shown: str, what: str, hint: str) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise WorkflowError(
-            f"workflow file {shown} not found", hint="check the path, e.g. workflows/feature.yaml"
-        ) from None
+        raise WorkflowError(f"{what} {shown} not found", hint=hint) from None
     except IsADirectoryError:
-        raise WorkflowError(f"{shown} is a folder, not a workflow file") from None
+        raise WorkflowError(f"{shown} is a folder, not a {what}") from None
     except OSError as exc:
         raise WorkflowError(f"can't read {shown}: {exc.strerror or exc}") from exc
     if len(data) > MAX_FILE_BYTES:
         raise WorkflowError(
-            f"file is {len(data):,} bytes; workflow files are limited to {MAX_FILE_BYTES:,}",
+            f"file is {len(data):,} bytes; {what}s are limited to {MAX_FILE_BYTES:,}",
             location=Location(shown),
         )
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise WorkflowError(
             "file is not valid UTF-8", location=Location(shown, line), hint="save the file as UTF-8"
         ) from None
-    return parse_workflow(text, source=shown, default_name=path.stem)
 
 
 def parse_workflow(text: str, *, source: str, default_name: str | None = None) -> Workflow:

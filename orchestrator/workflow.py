@@ -40,6 +40,7 @@ __all__ = [
     "ParamSpec",
     "PipelineGroup",
     "PipelineStage",
+    "Price",
     "SourceMap",
     "StageSpec",
     "Workflow",
@@ -156,6 +157,22 @@ class Defaults(_Model):
     model: ModelId = Field(DEFAULT_MODEL, description="Anthropic model id used when nothing more specific is set.")
     max_parallel: int = Field(4, ge=1, le=256, description="Stages run at once at most; 1 = strictly sequential.")
     max_tokens: int = Field(8192, ge=1, le=200_000, description="Output token limit of each model request.")
+    timeout: float = Field(
+        1800, gt=0, le=86_400, description="Seconds a stage may take in all, retries included, before it fails."
+    )
+
+
+class Price(_Model):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0, description="Input tokens.")
+    output: float = Field(ge=0, description="Output tokens.")
+    cache_read: float | None = Field(
+        None, ge=0, description="Tokens read from the prompt cache (default: 10% of input)."
+    )
+    cache_write: float | None = Field(
+        None, ge=0, description="Tokens written to the prompt cache (default: 125% of input)."
+    )
 
 
 PermissionLevel = Literal["allow", "ask", "deny"]
@@ -344,6 +361,10 @@ class _WorkflowBase(_Model):
     )
     agents: dict[AgentName, AgentSpec] = Field(
         default_factory=dict, description="Agent types: template, model routing and per-tool settings."
+    )
+    pricing: dict[Annotated[StrictStr, Field(min_length=1)], Price] = Field(
+        default_factory=dict,
+        description="USD prices for cost estimates, by model id or family (opus, sonnet, haiku).",
     )
 
     _source: SourceMap | None = PrivateAttr(default=None)

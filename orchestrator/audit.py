@@ -1,0 +1,80 @@
+"""The audit gate: the verdict model, and what the auditor is shown.
+
+The audit stage's reply is a structured ``Verdict`` (a forced tool call whose
+input schema is this model). ``parse_verdict`` accepts that data, or, for
+runners that only return text, the last fenced ``json`` block of the reply.
+A verdict that can't be read fails the audit stage: never a silent pass.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["VERDICT_TOOL", "ChecklistItem", "Finding", "Verdict", "VerdictError", "parse_verdict", "verdict_schema"]
+
+VERDICT_TOOL = "submit_verdict"
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    stage: str = Field(description="The stage that has to fix it.")
+    severity: Literal["critical", "major", "minor"] = Field(description="critical and major fail the audit.")
+    title: str = Field(description="The problem in one line.")
+    evidence: str = Field("", description="File and line, or the command and its output.")
+    fix: str = Field("", description="What the stage must change.")
+
+
+class ChecklistItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    item: str = Field(description="The checklist item, e.g. requirements, tests, security.")
+    result: Literal["pass", "fail", "n/a"]
+    note: str = Field("", description="The evidence.")
+
+
+class Verdict(BaseModel):
+    """The auditor's verdict. ``fail`` fails the run."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    verdict: Literal["pass", "fail"]
+    summary: str = Field(description="What was checked and why it passes or fails, in a sentence or two.")
+    findings: list[Finding] = Field(default_factory=list, description="Every finding, most severe first.")
+    checklist: list[ChecklistItem] = Field(default_factory=list, description="Each checklist item applied.")
+
+
+class VerdictError(ValueError):
+    """The audit reply holds no readable verdict."""
+
+
+def verdict_schema() -> dict[str, Any]:
+    return Verdict.model_json_schema()
+
+
+_JSON_BLOCK = re.compile(r"```json\s*\n(.*?)\n```", re.DOTALL)
+
+
+def parse_verdict(data: Mapping[str, Any] | None, text: str) -> Verdict:
+    """The verdict from structured ``data``, else from the last ```json block of ``text``."""
+    candidate: Any = data
+    if candidate is None:
+        blocks = _JSON_BLOCK.findall(text)
+        if not blocks:
+            raise VerdictError("the audit reply has no verdict (no structured reply and no ```json block)")
+        try:
+            candidate = json.loads(blocks[-1])
+        except ValueError as exc:
+            raise VerdictError(f"the audit reply's json block is not valid JSON: {exc}") from None
+    try:
+        return Verdict.model_validate(candidate)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'verdict'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise VerdictError(f"the audit verdict is malformed: {problems}") from None
