@@ -240,6 +240,111 @@ def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, c
 
 
 @cli.command()
+@workflow_argument
+@click.option("--task", required=True, help="Name of this piece of work; its state goes to docs/ai/<task>/.")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A workflow param (repeatable).")
+@click.option(
+    "--params-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="YAML or JSON mapping of params; --param values win.",
+)
+@click.option("--max-parallel", type=click.IntRange(1, 256), help="Stages run at once (default: the workflow's).")
+@click.option("--offline", is_flag=True, help="Call no API: every stage returns a placeholder or a canned reply.")
+@click.option(
+    "--responses",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --offline: YAML or JSON replies keyed by stage id.",
+)
+@click.option("--latency", type=float, default=0.0, help="With --offline: seconds each stage takes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead of the live view.")
+@root_option
+def run(
+    workflow: Path,
+    task: str,
+    params: tuple[str, ...],
+    params_file: Path | None,
+    max_parallel: int | None,
+    offline: bool,
+    responses: Path | None,
+    latency: float,
+    as_json: bool,
+    root: Path | None,
+) -> int:
+    """Run a workflow's stages against Claude, in parallel where the DAG allows.
+
+    \b
+    The run is recorded in docs/ai/<task>/: workflow-state.md, state.json,
+    events.jsonl and stages/<id>.md. Exit code 0 when every stage succeeded and
+    the audit passed, 1 when a stage failed or the audit said fail.
+    """
+    with _paused_gc():
+        from .console import JsonView, LiveView, PlainView
+        from .errors import UsageError
+        from .report import summary_lines
+        from .run import RunRequest, prepare_run, run_prepared
+
+    project = _project(workflow, root)
+    request = RunRequest(
+        task=task,
+        param_args=params,
+        params_file=params_file.absolute() if params_file else None,
+        max_parallel=max_parallel,
+        offline=offline,
+        responses_file=responses.absolute() if responses else None,
+        latency=latency,
+    )
+    prepared = prepare_run(workflow.absolute(), project, request)
+    if not offline and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+        raise UsageError(
+            "ANTHROPIC_API_KEY is not set, so the stages can't reach Claude",
+            hint="export ANTHROPIC_API_KEY=<your key> (from console.anthropic.com), "
+            "or try the workflow without a model: add --offline",
+        )
+    for notice in prepared.compiled.plan.notices:
+        _err(f"note: {notice}")
+    out = sys.stdout
+    if as_json:
+        view: Any = JsonView(out)
+    elif out.isatty():
+        view = LiveView(out)
+    else:
+        view = PlainView(out)
+    outcome = run_prepared(prepared, listeners=[view])
+    if not as_json:
+        from .state import load_state
+
+        click.echo("")
+        for line in summary_lines(load_state(prepared.folder), _shown(prepared.folder)):
+            click.echo(line)
+    if outcome.status == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_OK if outcome.status == "succeeded" else EXIT_FAILED
+
+
+@cli.command()
+@click.argument("task")
+@root_option
+@click.option("--json", "as_json", is_flag=True, help="Print state.json instead of the summary.")
+def status(task: str, root: Path | None, as_json: bool) -> int:
+    """Show where a task's run stands, from its saved state."""
+    with _paused_gc():
+        from .params import check_task
+        from .project import Project
+        from .report import summary_lines
+        from .state import load_state
+
+    project = Project((root or Path.cwd()).absolute())
+    folder = project.state_root / check_task(task)
+    state = load_state(folder)
+    if as_json:
+        click.echo(state.model_dump_json(indent=2))
+    else:
+        for line in summary_lines(state, _shown(folder)):
+            click.echo(line)
+    return EXIT_OK
+
+
+@cli.command()
 def schema() -> int:
     """Print the JSON Schema of workflow files (for editors)."""
     with _paused_gc():

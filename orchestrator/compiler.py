@@ -42,6 +42,7 @@ class Compiled:
     files: tuple[GeneratedFile, ...]
     targets: tuple[Target, ...]
     warnings: tuple[str, ...]
+    renderer: Renderer
 
     def summary(self) -> dict[str, Any]:
         """The plan as ``validate --json`` prints it."""
@@ -90,6 +91,7 @@ def compile_workflow(workflow_path: Path, project: Project, targets: tuple[Targe
         files=files,
         targets=targets,
         warnings=(*plan.warnings, *renderer.warnings),
+        renderer=renderer,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     tool_use: dict[str, Any] | None = None
     times: int | None = None
+    delay: float = 0.0
+    stop_reason: str | None = None
     usage: dict[str, int] = field(
         default_factory=lambda: {
             "input_tokens": 10,
@@ -108,8 +111,14 @@ class FakeAnthropic:
         headers: dict[str, str] | None = None,
         tool_use: dict[str, Any] | None = None,
         times: int | None = None,
+        delay: float = 0.0,
+        usage: dict[str, int] | None = None,
+        stop_reason: str | None = None,
     ) -> None:
-        """Add a reply for requests whose text contains ``when`` (or for which it returns True)."""
+        """Add a reply for requests whose text contains ``when`` (or for which it returns True).
+
+        ``delay`` seconds pass before the reply (the server is threaded: others go on meanwhile).
+        """
         if when is None:
             matcher: Matcher = lambda body: True  # noqa: E731
         elif isinstance(when, str):
@@ -117,7 +126,10 @@ class FakeAnthropic:
             matcher = lambda body: needle in Request("POST", "", {}, body).text()  # noqa: E731
         else:
             matcher = when
-        self.rules.append(Rule(matcher, text, status, error, headers or {}, tool_use, times))
+        rule = Rule(matcher, text, status, error, headers or {}, tool_use, times, delay, stop_reason)
+        if usage is not None:
+            rule.usage = {**rule.usage, **usage}
+        self.rules.append(rule)
 
     def messages(self) -> list[Request]:
         return [r for r in self.requests if r.method == "POST" and r.path.split("?")[0].endswith("/v1/messages")]
@@ -176,6 +188,8 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
 
         def _message(self, body: dict[str, Any]) -> None:
             rule = fake._choose(body)
+            if rule.delay:
+                time.sleep(rule.delay)
             if rule.status != 200:
                 error = {"type": "error", "error": {"type": rule.error or "api_error", "message": rule.text}}
                 return self._json(error, rule.status, rule.headers)
@@ -185,7 +199,7 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 stop = "tool_use"
             else:
                 block = {"type": "text", "text": rule.text}
-                stop = "end_turn"
+                stop = rule.stop_reason or "end_turn"
             message = {
                 "id": "msg_" + uuid.uuid4().hex[:24],
                 "type": "message",

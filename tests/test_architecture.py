@@ -18,6 +18,7 @@ HOMES = {
     "networkx": {"graph.py"},
     "jinja2": {"render/sandbox.py", "render/checks.py", "render/renderer.py"},
     "anthropic": {"runners/anthropic.py"},
+    "rich": {"console.py"},
 }
 
 

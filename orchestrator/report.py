@@ -1,0 +1,168 @@
+"""How a run reads to people: ``workflow-state.md``, and the summary printed at the end and by ``status``.
+
+Both are pure functions of a ``RunState``, so the markdown is always regenerated
+from ``state.json`` and never parsed back, and ``status`` shows the same picture
+as the run did.
+"""
+
+from __future__ import annotations
+
+from .drawing import Drawing, render
+from .state import RunState, StageState
+
+__all__ = ["format_cost", "format_duration", "format_tokens", "next_steps", "render_markdown", "summary_lines"]
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def format_cost(cost: float | None) -> str:
+    if cost is None:
+        return "unknown"
+    return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
+
+
+def format_tokens(stage_or_run: StageState | RunState) -> str:
+    tokens = stage_or_run.tokens
+    text = f"{tokens.input:,} in / {tokens.output:,} out"
+    if tokens.cache_read or tokens.cache_write:
+        text += f" (cache {tokens.cache_read:,} read, {tokens.cache_write:,} written)"
+    return text
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def _headline(state: RunState) -> str:
+    counts = state.counts()
+    if state.status == "running":
+        done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
+        return f"running: {done} of {len(state.stages)} stages done, {counts.get('running', 0)} running"
+    if state.status == "succeeded":
+        return "succeeded: every stage succeeded and the audit passed"
+    if state.status == "interrupted":
+        return "interrupted before it finished"
+    if counts.get("failed"):
+        failed = [s.id for s in state.stages.values() if s.status == "failed"]
+        return f"failed: {', '.join(failed)} failed" + (
+            f", {counts['skipped']} stage{'s' if counts['skipped'] > 1 else ''} skipped"
+            if counts.get("skipped")
+            else ""
+        )
+    if state.audit is not None and state.audit.verdict == "fail":
+        return f"failed: the audit said fail ({len(state.audit.findings)} findings)"
+    return "failed"
+
+
+def next_steps(state: RunState) -> list[str]:
+    """What a person (or agent) reading the state should do now."""
+    rerun = f"`{state.command}`" if state.command else "the same `orchestrate run` command"
+    if state.status == "running":
+        return [f"Wait for the run, or follow it with `orchestrate status {state.task}`."]
+    if state.status == "succeeded":
+        return [
+            "Review the stage outputs in `stages/` and the changes in your working tree, then commit them.",
+        ]
+    if state.status == "interrupted":
+        return [f"Run {rerun} again to start over."]
+    steps: list[str] = []
+    failed = [s for s in state.stages.values() if s.status == "failed"]
+    for stage in failed:
+        steps.append(f"Stage `{stage.id}` failed: {' '.join((stage.error or '').split())}. Fix the cause.")
+    if not failed and state.audit is not None and state.audit.verdict == "fail":
+        owners = sorted({f.stage for f in state.audit.findings if f.severity in ("critical", "major")})
+        steps.append(
+            "The audit failed: fix the critical and major findings above"
+            + (f" (stages {', '.join(f'`{o}`' for o in owners)})" if owners else "")
+            + "."
+        )
+    steps.append(f"Then run {rerun} again (the run starts over).")
+    return steps
+
+
+def render_markdown(state: RunState) -> str:
+    """``workflow-state.md``: header, stage table, graph coloured by status, audit, next steps."""
+    lines = [f"# {state.workflow}: {state.task}", ""]
+    lines.append(f"**Status: {_headline(state)}**")
+    lines.append("")
+    total = f"{format_tokens(state)}, estimated {format_cost(state.cost_usd)}"
+    lines.append(f"- Workflow: `{state.workflow}` ({state.workflow_file}), run `{state.run_id}`")
+    if state.params:
+        lines.append("- Params: " + ", ".join(f"`{k}` = {_cell(repr(v))}" for k, v in state.params.items()))
+    lines.append(f"- Started {state.started}" + (f", finished {state.finished}" if state.finished else ""))
+    lines.append(f"- Duration: {format_duration(state.duration)}; tokens: {total}")
+    if state.offline:
+        lines.append("- Offline run: no model was called; outputs are placeholders or canned replies.")
+    if state.command:
+        lines.append(f"- Command: `{state.command}`")
+    lines += ["", "## Stages", ""]
+    lines.append("| Stage | Agent | Model | Status | Attempts | Duration | Tokens | Cost | Output or reason |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for stage in state.stages.values():
+        detail = f"[{stage.output}]({stage.output})" if stage.output else _cell(stage.error or "")
+        lines.append(
+            f"| `{stage.id}` | {stage.agent} | {stage.model} | {stage.status} | {len(stage.attempts) or ''} | "
+            f"{format_duration(stage.duration) if stage.duration is not None else ''} | "
+            f"{format_tokens(stage) if stage.attempts else ''} | "
+            f"{format_cost(stage.cost_usd) if stage.attempts else ''} | {detail} |"
+        )
+    drawing = Drawing(
+        name=state.workflow,
+        order=list(state.stages),
+        needs={s.id: s.needs for s in state.stages.values()},
+        agents={s.id: s.agent for s in state.stages.values()},
+        audit_stage=state.audit_stage,
+    )
+    status = {s.id: s.status for s in state.stages.values()}
+    lines += ["", "## Graph", "", "```mermaid", render(drawing, "mermaid", status), "```", ""]
+    lines += ["## Audit", ""]
+    if state.audit is None:
+        audit = state.stages.get(state.audit_stage)
+        lines.append(f"No verdict yet (stage `{state.audit_stage}` is {audit.status if audit else 'missing'}).")
+    else:
+        verdict = state.audit
+        lines.append(f"**Verdict: {verdict.verdict}.** {_cell(verdict.summary)}")
+        if verdict.findings:
+            lines += ["", "| Severity | Stage | Finding | Evidence | Fix |", "|---|---|---|---|---|"]
+            for finding in verdict.findings:
+                lines.append(
+                    f"| {finding.severity} | `{finding.stage}` | {_cell(finding.title)} | "
+                    f"{_cell(finding.evidence)} | {_cell(finding.fix)} |"
+                )
+        if verdict.checklist:
+            lines += ["", "Checklist: " + ", ".join(f"{c.item} {c.result}" for c in verdict.checklist) + "."]
+    lines += ["", "## What next", ""]
+    lines += [f"- {step}" for step in next_steps(state)]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(state: RunState, folder: str) -> list[str]:
+    """The plain-text summary a terminal gets at the end of a run and from ``status``."""
+    width = max((len(s) for s in state.stages), default=5)
+    lines = [f"{state.workflow}: {state.task}: {_headline(state)}", ""]
+    for stage in state.stages.values():
+        tokens = format_tokens(stage) if stage.attempts else ""
+        extra = f"  {stage.error}" if stage.error and stage.status in ("failed", "skipped") else ""
+        took = format_duration(stage.duration) if stage.duration is not None else ""
+        lines.append(f"  {stage.id:<{width}}  {stage.status:<9}  {took:>8}  {tokens}{extra}".rstrip())
+    lines.append("")
+    lines.append(
+        f"Total: {format_duration(state.duration)}, {format_tokens(state)}, estimated {format_cost(state.cost_usd)}"
+    )
+    if state.audit is not None:
+        lines.append(f"Audit: {state.audit.verdict}: {state.audit.summary}")
+        for finding in state.audit.findings:
+            lines.append(f"  - {finding.severity} [{finding.stage}] {finding.title}")
+    lines.append(f"State: {folder}/workflow-state.md")
+    lines += next_steps(state)
+    return lines

@@ -1,0 +1,310 @@
+"""A run's state on disk: the models of ``state.json`` and the store that keeps the folder current.
+
+    docs/ai/<task>/
+      state.json          the source of truth (RunState, versioned)
+      workflow-state.md   regenerated from it, for people and agents; never parsed back
+      events.jsonl        append-only, one event per line
+      stages/<id>.md      each finished stage's output (stages/<id>.json for structured ones)
+
+The store is an event listener. Each event is appended to ``events.jsonl`` with
+a single write, a finished stage's output is written at once, and ``state.json``
+and the markdown are rewritten atomically at most every ``flush_interval``
+seconds (and at the end), so a long run costs O(stages) writes, not O(stages²),
+and killing the process at any instant leaves files that parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .audit import Verdict
+from .errors import StateError
+from .events import (
+    AttemptFinished,
+    Event,
+    RunFinished,
+    RunStarted,
+    StageFailed,
+    StageSkipped,
+    StageStarted,
+    StageSucceeded,
+    to_json,
+)
+from .fileio import atomic_write
+from .runners import Usage
+
+__all__ = ["SCHEMA_VERSION", "RunState", "StageState", "StateStore", "Tokens", "load_state", "timestamp"]
+
+SCHEMA_VERSION = 1
+StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
+RunStatus = Literal["running", "succeeded", "failed", "interrupted"]
+
+
+def timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Tokens(BaseModel):
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+    @classmethod
+    def of(cls, usage: Usage) -> Tokens:
+        return cls(
+            input=usage.input_tokens,
+            output=usage.output_tokens,
+            cache_read=usage.cache_read_tokens,
+            cache_write=usage.cache_write_tokens,
+        )
+
+
+class AttemptState(BaseModel):
+    number: int
+    started: str
+    duration: float
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost_usd: float | None = None
+    error: str | None = None
+    status_code: int | None = None
+    request_id: str | None = None
+
+
+class StageState(BaseModel):
+    id: str
+    agent: str
+    model: str
+    needs: list[str] = Field(default_factory=list)
+    status: StageStatus = "pending"
+    attempts: list[AttemptState] = Field(default_factory=list)
+    started: str | None = None
+    finished: str | None = None
+    duration: float | None = None
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost_usd: float | None = 0.0
+    output: str | None = None
+    error: str | None = None
+
+
+class RunState(BaseModel):
+    """Everything about one run of a task; ``state.json`` holds exactly this."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    workflow: str
+    workflow_file: str
+    description: str = ""
+    task: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    command: str = ""
+    offline: bool = False
+    max_parallel: int = 1
+    status: RunStatus = "running"
+    started: str
+    finished: str | None = None
+    duration: float | None = None
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost_usd: float | None = 0.0
+    audit_stage: str
+    audit: Verdict | None = None
+    stages: dict[str, StageState]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for stage in self.stages.values():
+            out[stage.status] = out.get(stage.status, 0) + 1
+        return out
+
+
+def load_state(folder: Path) -> RunState:
+    """Read ``state.json`` of a task folder, with a clear error when it is missing or unreadable."""
+    path = folder / "state.json"
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StateError(
+            f"no run state in {folder}", hint="start one with: orchestrate run <workflow> --task <task>"
+        ) from None
+    except OSError as exc:
+        raise StateError(f"can't read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise StateError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
+        raise StateError(
+            f"{path} has schema version {data.get('schema_version')!r}; this orchestrate reads {SCHEMA_VERSION}",
+            hint="upgrade orchestrate, or start the task afresh",
+        )
+    try:
+        return RunState.model_validate(data)
+    except ValidationError as exc:
+        raise StateError(f"{path} does not hold a valid run state: {exc.errors()[0]['msg']}") from None
+
+
+def _added(tokens: Tokens, cost: float | None, usage: Usage, more: float | None) -> tuple[Tokens, float | None]:
+    total = Tokens(
+        input=tokens.input + usage.input_tokens,
+        output=tokens.output + usage.output_tokens,
+        cache_read=tokens.cache_read + usage.cache_read_tokens,
+        cache_write=tokens.cache_write + usage.cache_write_tokens,
+    )
+    return total, (None if cost is None or more is None else round(cost + more, 6))
+
+
+class StateStore:
+    """Listens to a run and keeps its state folder current (see the module docstring)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        state: RunState,
+        render_markdown: Callable[[RunState], str],
+        *,
+        flush_interval: float = 0.25,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.state = state
+        self.render_markdown = render_markdown
+        self.flush_interval = flush_interval
+        self._clock = clock
+        self._last_flush = float("-inf")
+        self._pending: asyncio.TimerHandle | None = None
+        self._events_fd: int | None = None
+        try:
+            (folder / "stages").mkdir(parents=True, exist_ok=True)
+            self._events_fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise StateError(f"can't write the state folder {folder}: {exc.strerror or exc}") from exc
+        self.flush()
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        self._append(event)
+        self._apply(event)
+        if isinstance(event, RunFinished):
+            self.close()
+        else:
+            self._schedule_flush()
+
+    def _append(self, event: Event) -> None:
+        if self._events_fd is None:
+            return
+        line = json.dumps(to_json(event), separators=(",", ":"), default=str) + "\n"
+        # One write of a whole line to an O_APPEND file: a killed process leaves whole lines.
+        os.write(self._events_fd, line.encode("utf-8"))
+
+    def _apply(self, event: Event) -> None:
+        state = self.state
+        if isinstance(event, RunStarted):
+            state.status = "running"
+            return
+        if isinstance(event, RunFinished):
+            state.status = event.status  # type: ignore[assignment]
+            state.finished = timestamp(event.time)
+            state.duration = event.duration
+            state.tokens = Tokens.of(event.usage)
+            state.cost_usd = event.cost_usd
+            return
+        stage = state.stages[event.stage]
+        if isinstance(event, StageStarted):
+            stage.status = "running"
+            stage.started = timestamp(event.time)
+            stage.model = event.model
+        elif isinstance(event, AttemptFinished):
+            record = event.attempt
+            stage.attempts.append(
+                AttemptState(
+                    number=record.number,
+                    started=timestamp(record.started),
+                    duration=record.duration,
+                    tokens=Tokens.of(record.usage),
+                    cost_usd=event.cost_usd,
+                    error=record.error,
+                    status_code=record.status_code,
+                    request_id=record.request_id,
+                )
+            )
+            # Stage and run totals follow every attempt, so an interrupted run still shows what it spent.
+            stage.tokens, stage.cost_usd = _added(stage.tokens, stage.cost_usd, record.usage, event.cost_usd)
+            state.tokens, state.cost_usd = _added(state.tokens, state.cost_usd, record.usage, event.cost_usd)
+        elif isinstance(event, StageSucceeded):
+            stage.status = "succeeded"
+            stage.finished = timestamp(event.time)
+            stage.duration = event.duration
+            stage.output = self._write_output(event)
+            if event.stage == state.audit_stage and event.data is not None:
+                state.audit = Verdict.model_validate(event.data)
+        elif isinstance(event, StageFailed):
+            stage.status = "failed"
+            stage.finished = timestamp(event.time)
+            stage.duration = event.duration
+            stage.error = event.error
+        elif isinstance(event, StageSkipped):
+            stage.status = "skipped"
+            stage.error = event.reason
+
+    def _write_output(self, event: StageSucceeded) -> str:
+        rel = f"stages/{event.stage}.md"
+        text = event.output if event.output.endswith("\n") or not event.output else event.output + "\n"
+        self._write(self.folder / rel, text.encode("utf-8"))
+        if event.data is not None:
+            data = json.dumps(event.data, indent=2, ensure_ascii=False) + "\n"
+            self._write(self.folder / f"stages/{event.stage}.json", data.encode("utf-8"))
+        return rel
+
+    # -- files -------------------------------------------------------------------------------------
+
+    def _write(self, path: Path, content: bytes) -> None:
+        try:
+            atomic_write(path, content)
+        except OSError as exc:
+            raise StateError(f"can't write {path}: {exc.strerror or exc}") from exc
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return 0.0
+
+    def _schedule_flush(self) -> None:
+        if self._pending is not None:
+            return
+        wait = self._last_flush + self.flush_interval - self._now()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if wait <= 0:
+            self.flush()
+        else:
+            self._pending = loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Write ``state.json`` and ``workflow-state.md`` now (each atomically)."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        self._last_flush = self._now()
+        self._write(self.folder / "state.json", (self.state.model_dump_json(indent=2) + "\n").encode("utf-8"))
+        self._write(self.folder / "workflow-state.md", self.render_markdown(self.state).encode("utf-8"))
+
+    def close(self) -> None:
+        self.flush()
+        if self._events_fd is not None:
+            os.close(self._events_fd)
+            self._events_fd = None

@@ -1,0 +1,231 @@
+"""orchestrate run --offline, status, params, and the state folder a run leaves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.cost import estimate, price_for
+from orchestrator.errors import StateError, UsageError
+from orchestrator.loader import parse_workflow
+from orchestrator.params import check_task, parse_param_args, resolve_params
+from orchestrator.runners import Usage
+from orchestrator.state import load_state
+from orchestrator.workflow import Price
+
+from .conftest import FEATURE, CliRunner, TempProject
+
+
+@pytest.fixture
+def feature(project: TempProject) -> TempProject:
+    project.workflow(FEATURE)
+    return project
+
+
+def run_offline(project: TempProject, cli: CliRunner, *extra: str, task: str = "add-login") -> Any:
+    return cli(
+        "run",
+        "workflows/feature.yaml",
+        "--task",
+        task,
+        "--param",
+        "goal=Add a login page",
+        "--offline",
+        *extra,
+        cwd=project.root,
+    )
+
+
+def test_offline_run_leaves_a_complete_state_folder(feature: TempProject, cli: CliRunner) -> None:
+    result = run_offline(feature, cli)
+    assert result.code == 0, result.err
+    folder = feature.root / "docs/ai/add-login"
+    assert sorted(p.name for p in folder.iterdir()) == ["events.jsonl", "stages", "state.json", "workflow-state.md"]
+    assert sorted(p.name for p in (folder / "stages").iterdir()) == [
+        "audit.json",
+        "audit.md",
+        "backend.md",
+        "frontend.md",
+        "integrate.md",
+        "plan.md",
+    ]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["schema_version"] == 1
+    assert state["status"] == "succeeded" and state["offline"] is True
+    assert state["params"] == {"goal": "Add a login page"}
+    assert state["command"] == (
+        "orchestrate run workflows/feature.yaml --task add-login --param 'goal=Add a login page' --offline"
+    )
+    assert list(state["stages"]) == ["plan", "backend", "frontend", "integrate", "audit"]
+    plan = state["stages"]["plan"]
+    assert plan["status"] == "succeeded" and plan["output"] == "stages/plan.md" and len(plan["attempts"]) == 1
+    assert plan["model"] == "claude-opus-5-5"
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events][:2] == ["run_started", "stage_started"]
+    assert events[-1]["event"] == "run_finished" and events[-1]["status"] == "succeeded"
+    markdown = (folder / "workflow-state.md").read_text()
+    assert markdown.startswith(
+        "# feature: add-login\n\n**Status: succeeded: every stage succeeded and the audit passed**"
+    )
+    assert "| `plan` | plan | claude-opus-5-5 | succeeded | 1 |" in markdown
+    assert "```mermaid\nflowchart TD\n" in markdown and "class s0,s1,s2,s3,s4 succeeded" in markdown
+    assert "Offline run: no model was called" in markdown
+
+
+def test_offline_outputs_flow_downstream_and_canned_replies_are_used(
+    feature: TempProject, cli: CliRunner, tmp_path: Path
+) -> None:
+    responses = tmp_path / "responses.yaml"
+    responses.write_text("plan: 'PLAN: two steps'\nbackend: {fail: 'compile error in api.py'}\n")
+    result = run_offline(feature, cli, "--responses", str(responses))
+    assert result.code == 1
+    folder = feature.root / "docs/ai/add-login"
+    assert (folder / "stages/plan.md").read_text() == "PLAN: two steps\n"
+    state = load_state(folder)
+    assert state.stages["backend"].error == "compile error in api.py"
+    assert state.stages["integrate"].error == "needs backend, which failed"
+    assert state.stages["audit"].status == "skipped"
+    assert "backend    failed" in result.out
+    assert "Stage `backend` failed: compile error in api.py. Fix the cause." in result.out
+
+
+def test_json_output_is_one_event_per_line_and_nothing_else(feature: TempProject, cli: CliRunner) -> None:
+    result = run_offline(feature, cli, "--json")
+    assert result.code == 0
+    events = [json.loads(line) for line in result.out.splitlines()]
+    assert events[0]["event"] == "run_started" and events[-1]["event"] == "run_finished"
+    assert {e["event"] for e in events} >= {"stage_started", "stage_succeeded", "attempt_finished"}
+    assert all("output" not in e for e in events)  # outputs live in stages/<id>.md
+
+
+def test_a_new_run_of_a_task_starts_over(feature: TempProject, cli: CliRunner, tmp_path: Path) -> None:
+    assert run_offline(feature, cli).code == 0
+    responses = tmp_path / "r.yaml"
+    responses.write_text("plan: {fail: nope}\n")
+    assert run_offline(feature, cli, "--responses", str(responses)).code == 1
+    stages = feature.root / "docs/ai/add-login/stages"
+    assert sorted(p.name for p in stages.iterdir()) == []  # no output of the earlier run passes for this one's
+
+
+def test_status_shows_the_saved_run(feature: TempProject, cli: CliRunner) -> None:
+    run_offline(feature, cli)
+    result = cli("status", "add-login", cwd=feature.root)
+    assert result.code == 0
+    assert result.out.startswith("feature: add-login: succeeded: every stage succeeded and the audit passed\n")
+    assert "State: docs/ai/add-login/workflow-state.md" in result.out
+    as_json = json.loads(cli("status", "add-login", "--json", cwd=feature.root).out)
+    assert as_json["status"] == "succeeded" and as_json["task"] == "add-login"
+    missing = cli("status", "nope", cwd=feature.root)
+    assert missing.code == 2 and missing.err.startswith("Error: no run state in ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--param", "gaol=x"], "Error: unknown param 'gaol' (from --param)"),
+        ([], "Error: missing required param: goal (What to build)"),
+        (["--param", "goal"], "Error: --param 'goal' is not name=value"),
+        (["--task", "Add Login", "--param", "goal=x"], "Error: task name 'Add Login' can't be used"),
+        (["--param", "goal=x", "--latency", "1"], "Error: --responses and --latency only apply to offline runs"),
+    ],
+)
+def test_bad_run_inputs_are_clear_errors_before_any_request(
+    args: list[str], message: str, feature: TempProject, cli: CliRunner
+) -> None:
+    if "--task" not in args:
+        args = ["--task", "t", *args]
+    result = cli("run", "workflows/feature.yaml", *args, cwd=feature.root)
+    assert result.code == 2
+    assert result.err.splitlines()[0].startswith(message), result.err
+    assert not (feature.root / "docs").exists()
+
+
+def test_unknown_stage_in_responses_is_an_error(feature: TempProject, cli: CliRunner, tmp_path: Path) -> None:
+    responses = tmp_path / "r.yaml"
+    responses.write_text("plann: x\n")
+    result = run_offline(feature, cli, "--responses", str(responses))
+    assert result.code == 2 and "no stage 'plann' in this workflow" in result.err
+
+
+# -- params ----------------------------------------------------------------------------------------
+
+PARAMS = parse_workflow(
+    """
+name: p
+params:
+  goal: {required: true}
+  count: {type: integer, default: 3}
+  ratio: {type: number}
+  dry_run: {type: boolean, default: false}
+stages: [{agent: plan}]
+""",
+    source="p.yaml",
+)
+
+
+def test_params_are_typed_with_defaults_and_file_values() -> None:
+    values = resolve_params(
+        PARAMS, parse_param_args(["goal=ship it", "count=7", "dry_run=yes"]), {"ratio": 0.5, "count": 2}
+    )
+    assert values == {"goal": "ship it", "count": 7, "ratio": 0.5, "dry_run": True}
+    assert resolve_params(PARAMS, {"goal": "g"}) == {"goal": "g", "count": 3, "dry_run": False}
+
+
+@pytest.mark.parametrize(
+    ("given", "from_file", "message"),
+    [
+        ({"goal": "g", "count": "many"}, None, "param 'count' must be an integer, not 'many'"),
+        ({"goal": "g", "dry_run": "perhaps"}, None, "param 'dry_run' must be a boolean"),
+        ({"goal": "g"}, {"count": True}, "param 'count' must be an integer, not True"),
+        ({"goal": "g"}, {"goal": ["a"]}, "param 'goal' must be a string"),
+        ({"gol": "g"}, None, "unknown param 'gol'"),
+    ],
+)
+def test_bad_params(given: dict[str, str], from_file: dict[str, Any] | None, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        resolve_params(PARAMS, given, from_file)
+    assert info.value.message.startswith(message)
+
+
+def test_task_names_must_be_safe_folder_names() -> None:
+    assert check_task("add-login") == "add-login"
+    for bad in ("../etc", "Add", "a/b", "", ".hidden"):
+        with pytest.raises(UsageError):
+            check_task(bad)
+
+
+# -- cost ------------------------------------------------------------------------------------------
+
+
+def test_prices_by_family_with_overrides_and_unknown_models() -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=100_000, cache_read_tokens=1_000_000, cache_write_tokens=0)
+    assert estimate(usage, "claude-sonnet-5-5") == pytest.approx(3.0 + 1.5 + 0.3)
+    assert estimate(Usage(cache_write_tokens=1_000_000), "claude-opus-5-5") == pytest.approx(6.25)
+    assert estimate(usage, "some-other-model") is None
+    overrides = {"claude-sonnet-5-5": Price(input=1, output=2), "haiku": Price(input=0.5, output=1, cache_read=0)}
+    assert price_for("claude-sonnet-5-5", overrides) == overrides["claude-sonnet-5-5"]
+    assert estimate(usage, "claude-haiku-9", overrides) == pytest.approx(0.5 + 0.1)
+
+
+def test_the_workflow_can_set_prices(feature: TempProject, cli: CliRunner) -> None:
+    feature.workflow(FEATURE + "pricing:\n  opus: {input: 1, output: 1}\n  mystery: {input: 1, output: 1}\n")
+    assert cli("validate", "workflows/feature.yaml", cwd=feature.root).code == 0
+    feature.workflow(FEATURE + "pricing:\n  opus: {input: -1, output: 1}\n")
+    assert cli("validate", "workflows/feature.yaml", cwd=feature.root).code == 2
+
+
+# -- state files -----------------------------------------------------------------------------------
+
+
+def test_load_state_refuses_other_versions_and_garbage(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="no run state"):
+        load_state(tmp_path)
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(StateError, match="not valid JSON"):
+        load_state(tmp_path)
+    (tmp_path / "state.json").write_text('{"schema_version": 99}')
+    with pytest.raises(StateError, match="schema version 99"):
+        load_state(tmp_path)

@@ -1,0 +1,72 @@
+"""The state store: coalesced writes, and state that reads back the same."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from orchestrator.engine import EngineOptions, execute
+from orchestrator.graph import build_plan
+from orchestrator.loader import parse_workflow
+from orchestrator.project import Project
+from orchestrator.report import render_markdown
+from orchestrator.run import RunRequest, initial_state, prepare_run, request_builder
+from orchestrator.runners.offline import OfflineRunner
+from orchestrator.state import RunState, StageState, StateStore, load_state
+
+from .conftest import TempProject
+
+
+def wide_project(project: TempProject, n: int) -> TempProject:
+    stages = [{"id": "s0", "agent": "plan"}] + [{"id": f"s{i}", "agent": "build", "needs": ["s0"]} for i in range(1, n)]
+    project.workflow(json.dumps({"name": "wide", "stages": stages}), name="wide")
+    return project
+
+
+def test_a_big_run_rewrites_the_markdown_a_few_times_not_once_per_event(project: TempProject) -> None:
+    wide_project(project, 600)
+    prepared = prepare_run(project.root / "workflows/wide.yaml", Project(project.root), RunRequest(task="big"))
+    renders: list[int] = []
+
+    def counting(state: RunState) -> str:
+        renders.append(1)
+        return render_markdown(state)
+
+    async def main() -> None:
+        store = StateStore(prepared.folder, initial_state(prepared, "r", 0.0), counting, flush_interval=0.25)
+        await execute(
+            prepared.compiled.plan,
+            build_request=request_builder(prepared),
+            runner_for=lambda sid: OfflineRunner(),
+            listeners=[store],
+            options=EngineOptions(max_parallel=64),
+            price=lambda usage, model: 0.0,
+        )
+
+    asyncio.run(main())
+    events = (prepared.folder / "events.jsonl").read_text().splitlines()
+    assert len(events) > 1800  # started, attempt and finished per stage
+    assert len(renders) < 40
+    state = load_state(prepared.folder)
+    assert state.status == "succeeded" and state.counts() == {"succeeded": 601}
+    assert not list(prepared.folder.rglob("*.tmp"))
+
+
+def test_markdown_escapes_table_breaking_text(tmp_path: Path) -> None:
+    plan = build_plan(parse_workflow("name: w\nstages: [{agent: plan}]\n", source="w.yaml"))
+    state = RunState(
+        run_id="r",
+        workflow="w",
+        workflow_file="w.yaml",
+        task="t",
+        status="failed",
+        started="2026-01-01T00:00:00.000Z",
+        audit_stage=plan.audit_stage,
+        stages={},
+    )
+    state.stages["plan"] = StageState(id="plan", agent="plan", model="m", status="failed", error="a | b\nc")
+    state.stages["audit"] = StageState(id="audit", agent="auditor", model="m", needs=["plan"], status="skipped")
+    text = render_markdown(state)
+    assert "| a \\| b c |" in text
+    assert "- Stage `plan` failed: a | b c. Fix the cause." in text
