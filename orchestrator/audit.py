@@ -8,9 +8,11 @@ A verdict that can't be read fails the audit stage: never a silent pass.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Mapping
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,8 +55,14 @@ class VerdictError(ValueError):
     """The audit reply holds no readable verdict."""
 
 
-def verdict_schema() -> dict[str, Any]:
+@cache
+def _schema() -> dict[str, Any]:
     return Verdict.model_json_schema()
+
+
+def verdict_schema() -> dict[str, Any]:
+    """The JSON Schema the auditor's verdict tool takes (a fresh copy each call)."""
+    return copy.deepcopy(_schema())
 
 
 _JSON_BLOCK = re.compile(r"```json\s*\n(.*?)\n```", re.DOTALL)

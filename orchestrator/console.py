@@ -78,11 +78,11 @@ class LiveView:
 
     max_rows = 30
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, width: int | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(file=stream)
+        self.console = Console(file=stream, width=width)
         self.rows: dict[str, dict[str, Any]] = {}
         self.finished: list[str] = []
         self.title = ""

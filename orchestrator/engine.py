@@ -68,6 +68,10 @@ class RunOutcome:
     duration: float
 
 
+# Shared: a running stage has nothing of its own to hold yet, an interrupted one nothing left.
+_RUNNING = StageOutcome("running")
+_INTERRUPTED = StageOutcome("failed", error="interrupted")
+
 RequestBuilder = Callable[[str, Mapping[str, StageOutcome]], StageRequest]
 Pricer = Callable[[Usage, str], "float | None"]
 
@@ -104,8 +108,12 @@ class _Run:
         self.price = price
         self.clock = clock
         self.index = {sid: i for i, sid in enumerate(plan.order)}
+        self.models = {sid: plan.model_for(sid) for sid in plan.order}
         self.outcomes: dict[str, StageOutcome] = {sid: StageOutcome("pending") for sid in plan.order}
         self.verdict: Verdict | None = None
+        self.deadlines: dict[str, float] = {}
+        self.timed_out: set[str] = set()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def emit(self, event: Event) -> None:
         for listener in self.listeners:
@@ -127,8 +135,9 @@ class _Run:
         ready = [(self.index[sid], sid) for sid, count in waiting.items() if count == 0]
         heapq.heapify(ready)
         finished: asyncio.Queue[tuple[str, StageOutcome]] = asyncio.Queue()
-        running: dict[str, asyncio.Task[None]] = {}
+        running = self.tasks
         status: RunStatus = "failed"
+        watchdog = asyncio.create_task(self._watchdog()) if self.options.stage_timeout else None
         try:
             while ready or running:
                 while ready and len(running) < self.options.max_parallel:
@@ -154,6 +163,8 @@ class _Run:
             await self._cancel(running, finished)
             raise
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             usage = Usage()
             cost: float | None = 0.0
             for outcome in self.outcomes.values():
@@ -199,16 +210,30 @@ class _Run:
             sid, outcome = finished.get_nowait()
             self.outcomes[sid] = outcome
 
+    async def _watchdog(self) -> None:
+        """Cancel stages past their deadline. One task for all stages: cheaper than a timer per stage."""
+        timeout = self.options.stage_timeout or 0.0
+        period = min(1.0, timeout / 10)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for sid, deadline in list(self.deadlines.items()):
+                if now >= deadline and sid in self.tasks:
+                    del self.deadlines[sid]
+                    self.timed_out.add(sid)
+                    self.tasks[sid].cancel()
+
     async def _stage(self, sid: str, finished: asyncio.Queue[tuple[str, StageOutcome]]) -> None:
-        outcome = StageOutcome("failed", error="interrupted")
+        outcome = _INTERRUPTED
         try:
             outcome = await self._execute_stage(sid)
         finally:
+            self.deadlines.pop(sid, None)
             finished.put_nowait((sid, outcome))
 
     async def _execute_stage(self, sid: str) -> StageOutcome:
         stage = self.plan.stages[sid]
-        model = self.plan.model_for(sid)
+        model = self.models[sid]
         started = time.monotonic()
         spent = _Ledger()
 
@@ -225,16 +250,19 @@ class _Run:
             self.emit(StageFailed(self.clock(), sid, round(outcome.duration, 3), error))
             return outcome
 
-        self.outcomes[sid] = StageOutcome("running")
+        self.outcomes[sid] = _RUNNING
         self.emit(StageStarted(self.clock(), sid, stage.agent, model))
+        if self.options.stage_timeout:
+            self.deadlines[sid] = started + self.options.stage_timeout
         try:
             request = self.build_request(sid, self.outcomes)
-            runner = self.runner_for(sid)
-            try:
-                result = await asyncio.wait_for(runner.run(request, report), self.options.stage_timeout)
-            except TimeoutError:
-                return failed(f"timed out after {self.options.stage_timeout:g} s (retries included)")
+            result = await self.runner_for(sid).run(request, report)
         except asyncio.CancelledError:
+            if sid in self.timed_out:  # the watchdog's cancel, not the user's: the stage fails, the run goes on
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                return failed(f"timed out after {self.options.stage_timeout:g} s (retries included)")
             failed("interrupted")
             raise
         except OrchestrateError as exc:

@@ -1,5 +1,9 @@
 """What happens during a run, as plain events, and the Protocol of those who listen.
 
+Events are never changed once emitted. They are slotted rather than frozen
+dataclasses only because a run creates several per stage and frozen ones cost
+four times as much to build.
+
 The engine emits events and never prints or writes; the state store, the
 console views and the JSON-lines output are listeners. ``to_json`` is the one
 serialisation of an event (``events.jsonl`` and ``run --json`` use it); stage
@@ -8,7 +12,6 @@ outputs are left out of it, they live in ``stages/<id>.md``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,7 +31,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunStarted:
     time: float
     run_id: str
@@ -38,7 +41,7 @@ class RunStarted:
     max_parallel: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StageStarted:
     time: float
     stage: str
@@ -46,7 +49,7 @@ class StageStarted:
     model: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AttemptFinished:
     time: float
     stage: str
@@ -54,18 +57,18 @@ class AttemptFinished:
     cost_usd: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StageSucceeded:
     time: float
     stage: str
     duration: float
     usage: Usage
     cost_usd: float | None
-    output: str = field(repr=False, metadata={"json": False})
+    output: str = field(repr=False)  # left out of to_json: outputs live in stages/<id>.md
     data: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StageFailed:
     time: float
     stage: str
@@ -73,14 +76,14 @@ class StageFailed:
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StageSkipped:
     time: float
     stage: str
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunFinished:
     time: float
     status: str
@@ -105,14 +108,27 @@ _NAMES = {
 }
 
 
+def _fields(value: Any) -> dict[str, Any]:
+    return {name: getattr(value, name) for name in value.__slots__}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Usage):
+        return _fields(value)
+    if isinstance(value, AttemptRecord):
+        record = _fields(value)
+        record["usage"] = _fields(value.usage)
+        return record
+    return value
+
+
 def to_json(event: Event) -> dict[str, Any]:
     """The event as a JSON-ready dict with an ``event`` name first; stage outputs left out."""
+    # Hand-rolled rather than dataclasses.asdict: this runs once per event of every run.
     out: dict[str, Any] = {"event": _NAMES[type(event)]}
-    for item in dataclasses.fields(event):
-        if item.metadata.get("json", True):
-            value = getattr(event, item.name)
-            is_record = dataclasses.is_dataclass(value) and not isinstance(value, type)
-            out[item.name] = dataclasses.asdict(value) if is_record else value
+    for name in event.__slots__:
+        if name != "output":
+            out[name] = _plain(getattr(event, name))
     if isinstance(event, StageSucceeded):
         out["output_chars"] = len(event.output)
     return out

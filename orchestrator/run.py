@@ -223,28 +223,32 @@ def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageO
     instructions = {agent.agent: agent.text for agent in prepared.compiled.rendered if not agent.coordinator}
     schema = verdict_schema()
     folder = f"docs/ai/{prepared.task}"
+    models = {sid: plan.model_for(sid) for sid in plan.order}
 
     def build(sid: str, outcomes: Mapping[str, StageOutcome]) -> StageRequest:
         stage = plan.stages[sid]
         audit = sid == plan.audit_stage
-        readable = set(stage.needs) | prepared.referenced.get(sid, frozenset())
-        values = {
-            "params": prepared.params,
-            "task": prepared.task,
-            "workflow": {"name": workflow.name, "description": workflow.description},
-            "stage": {"id": sid, "agent": stage.agent, "model": plan.model_for(sid)},
-            "stages": {
-                other: {
-                    "output": outcomes[other].output,
-                    "data": outcomes[other].data,
-                    "status": outcomes[other].status,
-                }
-                for other in readable
-            },
-        }
-        prompt = prepared.compiled.renderer.render_prompt(sid, values)
-        shown = [o for o in plan.order if o != sid] if audit else list(stage.needs)
-        shown = [o for o in shown if o not in prepared.referenced.get(sid, frozenset())]
+        referenced = prepared.referenced.get(sid, frozenset())
+        prompt = ""
+        if stage.prompt:
+            values = {
+                "params": prepared.params,
+                "task": prepared.task,
+                "workflow": {"name": workflow.name, "description": workflow.description},
+                "stage": {"id": sid, "agent": stage.agent, "model": models[sid]},
+                "stages": {
+                    other: {
+                        "output": outcomes[other].output,
+                        "data": outcomes[other].data,
+                        "status": outcomes[other].status,
+                    }
+                    for other in set(stage.needs) | referenced
+                },
+            }
+            prompt = prepared.compiled.renderer.render_prompt(sid, values)
+        shown = [o for o in plan.order if o != sid] if audit else stage.needs
+        if referenced:
+            shown = [o for o in shown if o not in referenced]
         parts = [f"# Task `{prepared.task}`: stage `{sid}` of workflow `{workflow.name}`"]
         if audit:
             parts.append(
@@ -272,7 +276,7 @@ def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageO
         return StageRequest(
             stage_id=sid,
             agent=stage.agent,
-            model=plan.model_for(sid),
+            model=models[sid],
             system=instructions[stage.agent],
             prompt="\n\n".join(parts) + "\n",
             max_tokens=workflow.defaults.max_tokens,

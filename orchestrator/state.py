@@ -6,18 +6,21 @@
       events.jsonl        append-only, one event per line
       stages/<id>.md      each finished stage's output (stages/<id>.json for structured ones)
 
-The store is an event listener. Each event is appended to ``events.jsonl`` with
-a single write, a finished stage's output is written at once, and ``state.json``
-and the markdown are rewritten atomically at most every ``flush_interval``
-seconds (and at the end), so a long run costs O(stages) writes, not O(stages²),
-and killing the process at any instant leaves files that parse.
+The store is an event listener with a writer thread of its own. Each event is
+appended to ``events.jsonl`` with a single write, a finished stage's output is
+written before anything records the stage as done, and ``state.json`` and the
+markdown are rewritten atomically at most every ``flush_interval`` seconds (and
+at the end), so a long run costs O(stages) writes, not O(stages²); killing the
+process at any instant leaves files that parse and agree with each other.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import queue
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +47,7 @@ from .runners import Usage
 __all__ = ["SCHEMA_VERSION", "RunState", "StageState", "StateStore", "Tokens", "load_state", "timestamp"]
 
 SCHEMA_VERSION = 1
+BATCH_DELAY = 0.005  # seconds the writer lets events gather before writing them
 StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
 RunStatus = Literal["running", "succeeded", "failed", "interrupted"]
 
@@ -60,7 +64,7 @@ class Tokens(BaseModel):
 
     @classmethod
     def of(cls, usage: Usage) -> Tokens:
-        return cls(
+        return cls.model_construct(
             input=usage.input_tokens,
             output=usage.output_tokens,
             cache_read=usage.cache_read_tokens,
@@ -152,7 +156,7 @@ def load_state(folder: Path) -> RunState:
 
 
 def _added(tokens: Tokens, cost: float | None, usage: Usage, more: float | None) -> tuple[Tokens, float | None]:
-    total = Tokens(
+    total = Tokens.model_construct(
         input=tokens.input + usage.input_tokens,
         output=tokens.output + usage.output_tokens,
         cache_read=tokens.cache_read + usage.cache_read_tokens,
@@ -162,7 +166,14 @@ def _added(tokens: Tokens, cost: float | None, usage: Usage, more: float | None)
 
 
 class StateStore:
-    """Listens to a run and keeps its state folder current (see the module docstring)."""
+    """Keeps a run's state folder current (see the module docstring).
+
+    One writer thread owns the state and the files once the store is built: the
+    event loop only hands it events (``on_event`` is a queue put), so writing,
+    fsync and rendering never hold up the scheduler, and everything reaches the
+    disk in the order it happened. ``close`` drains the queue, writes the final
+    state and re-raises a write error if one happened.
+    """
 
     def __init__(
         self,
@@ -171,32 +182,83 @@ class StateStore:
         render_markdown: Callable[[RunState], str],
         *,
         flush_interval: float = 0.25,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self.folder = folder
         self.state = state
         self.render_markdown = render_markdown
         self.flush_interval = flush_interval
-        self._clock = clock
-        self._last_flush = float("-inf")
-        self._pending: asyncio.TimerHandle | None = None
         self._events_fd: int | None = None
+        self._error: BaseException | None = None
+        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         try:
             (folder / "stages").mkdir(parents=True, exist_ok=True)
             self._events_fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise StateError(f"can't write the state folder {folder}: {exc.strerror or exc}") from exc
         self.flush()
+        self._thread = threading.Thread(target=self._work, name="orchestrate-state-writer", daemon=True)
+        self._thread.start()
 
-    # -- events ------------------------------------------------------------------------------------
+    # -- the event loop's side ---------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def close(self) -> None:
+        """Write everything still queued and the final state; raise the first write error, if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._events_fd is not None:
+            os.close(self._events_fd)
+            self._events_fd = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    # -- the writer thread -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        dirty = False
+        try:
+            while True:
+                wait = max(0.0, self._last_flush + self.flush_interval - time.monotonic()) if dirty else None
+                try:
+                    first = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    self.flush()  # quiet for a while: write what has changed
+                    dirty = False
+                    continue
+                # Let a burst of events (a fan-out starting) arrive before taking the GIL to write them:
+                # the scheduler is never made to wait for the writer, and batches are cheaper to write.
+                time.sleep(BATCH_DELAY)
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                for event in batch:
+                    if event is None:
+                        self.flush()
+                        return
+                    self._handle(event)
+                    dirty = True
+                    if isinstance(event, RunFinished):
+                        self.flush()
+                        dirty = False
+                if dirty and time.monotonic() - self._last_flush >= self.flush_interval:
+                    self.flush()
+                    dirty = False
+        except BaseException as exc:  # kept for close(); the run itself goes on
+            self._error = exc
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, StageSucceeded):
+            # The output is on disk before any record says the stage succeeded.
+            self.state.stages[event.stage].output = self._write_output(event)
         self._append(event)
         self._apply(event)
-        if isinstance(event, RunFinished):
-            self.close()
-        else:
-            self._schedule_flush()
 
     def _append(self, event: Event) -> None:
         if self._events_fd is None:
@@ -225,7 +287,7 @@ class StateStore:
         elif isinstance(event, AttemptFinished):
             record = event.attempt
             stage.attempts.append(
-                AttemptState(
+                AttemptState.model_construct(  # values from our own event: no need to validate them again
                     number=record.number,
                     started=timestamp(record.started),
                     duration=record.duration,
@@ -243,7 +305,6 @@ class StateStore:
             stage.status = "succeeded"
             stage.finished = timestamp(event.time)
             stage.duration = event.duration
-            stage.output = self._write_output(event)
             if event.stage == state.audit_stage and event.data is not None:
                 state.audit = Verdict.model_validate(event.data)
         elif isinstance(event, StageFailed):
@@ -258,53 +319,22 @@ class StateStore:
     def _write_output(self, event: StageSucceeded) -> str:
         rel = f"stages/{event.stage}.md"
         text = event.output if event.output.endswith("\n") or not event.output else event.output + "\n"
-        self._write(self.folder / rel, text.encode("utf-8"))
+        # Atomic now, durable with the next state flush (its fsync commits these too): one fsync
+        # per stage would cost more than the scheduling of a short stage.
+        self._write(self.folder / rel, text.encode("utf-8"), durable=False)
         if event.data is not None:
             data = json.dumps(event.data, indent=2, ensure_ascii=False) + "\n"
-            self._write(self.folder / f"stages/{event.stage}.json", data.encode("utf-8"))
+            self._write(self.folder / f"stages/{event.stage}.json", data.encode("utf-8"), durable=False)
         return rel
 
-    # -- files -------------------------------------------------------------------------------------
-
-    def _write(self, path: Path, content: bytes) -> None:
+    def _write(self, path: Path, content: bytes, *, durable: bool = True) -> None:
         try:
-            atomic_write(path, content)
+            atomic_write(path, content, durable=durable)
         except OSError as exc:
             raise StateError(f"can't write {path}: {exc.strerror or exc}") from exc
 
-    def _now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:
-            return 0.0
-
-    def _schedule_flush(self) -> None:
-        if self._pending is not None:
-            return
-        wait = self._last_flush + self.flush_interval - self._now()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        if wait <= 0:
-            self.flush()
-        else:
-            self._pending = loop.call_later(wait, self.flush)
-
     def flush(self) -> None:
-        """Write ``state.json`` and ``workflow-state.md`` now (each atomically)."""
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-        self._last_flush = self._now()
+        """Write ``state.json`` and ``workflow-state.md`` (each atomically)."""
+        self._last_flush = time.monotonic()
         self._write(self.folder / "state.json", (self.state.model_dump_json(indent=2) + "\n").encode("utf-8"))
         self._write(self.folder / "workflow-state.md", self.render_markdown(self.state).encode("utf-8"))
-
-    def close(self) -> None:
-        self.flush()
-        if self._events_fd is not None:
-            os.close(self._events_fd)
-            self._events_fd = None

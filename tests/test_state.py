@@ -43,6 +43,7 @@ def test_a_big_run_rewrites_the_markdown_a_few_times_not_once_per_event(project:
             options=EngineOptions(max_parallel=64),
             price=lambda usage, model: 0.0,
         )
+        store.close()
 
     asyncio.run(main())
     events = (prepared.folder / "events.jsonl").read_text().splitlines()

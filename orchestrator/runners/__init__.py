@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # a value: never changed once made (slotted, not frozen, for speed)
 class Usage:
     """Tokens of one or more requests, as the API counts them."""
 
@@ -63,7 +63,7 @@ class StageRequest:
     structured: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # never changed once reported (slotted, not frozen, for speed)
 class AttemptRecord:
     """One try at a stage: an API request, successful or not."""
 
