@@ -13,7 +13,9 @@ Targets: (b) and (d) <= 1.05 x the critical path, (c) <= 1.2 x,
 overhead <= 1 ms per stage on (a) and (e). Stages have no prompt, so what is
 measured is scheduling and persistence, not template rendering. The makespan
 ends when the last stage ends; the state writer (its own thread) may need a
-little longer to get every file on disk, which is printed beside it.
+little longer to get every file on disk, which is printed beside it, with the
+per-stage overhead counting that time too ('incl. disk') and, as its baseline,
+what this disk takes to write one small file atomically, measured in the run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.events import RunFinished, RunStarted
+from orchestrator.fileio import atomic_write
 from orchestrator.project import Project
 from orchestrator.run import RunRequest, prepare_run, run_async
 from orchestrator.runners.offline import OfflineRunner
@@ -43,20 +46,22 @@ class Scenario:
     title: str
     needs: dict[str, list[str]]
     latency: dict[str, float]
-    target: Callable[[float, float, int], str]
+    target: Callable[[float, float, float, int], str]
 
 
-def ratio_target(limit: float) -> Callable[[float, float, int], str]:
-    def check(makespan: float, critical: float, stages: int) -> str:
+def ratio_target(limit: float) -> Callable[[float, float, float, int], str]:
+    def check(makespan: float, on_disk: float, critical: float, stages: int) -> str:
         return f"<= {limit} x critical path: {'ok' if makespan <= limit * critical else 'MISSED'}"
 
     return check
 
 
-def overhead_target(limit_ms: float) -> Callable[[float, float, int], str]:
-    def check(makespan: float, critical: float, stages: int) -> str:
-        per = (makespan - critical) / stages * 1000
-        return f"<= {limit_ms} ms/stage: {'ok' if per <= limit_ms else 'MISSED'}"
+def overhead_target(limit_ms: float) -> Callable[[float, float, float, int], str]:
+    """Judged on the stricter figure: until every file of the state folder is on disk."""
+
+    def check(makespan: float, on_disk: float, critical: float, stages: int) -> str:
+        per = (on_disk - critical) / stages * 1000
+        return f"<= {limit_ms} ms/stage incl. disk: {'ok' if per <= limit_ms else 'MISSED'}"
 
     return check
 
@@ -145,6 +150,15 @@ async def baseline(needs: dict[str, list[str]], latency: dict[str, float]) -> fl
     return time.perf_counter() - start
 
 
+def disk_baseline(folder: Path, count: int = 300) -> float:
+    """Seconds to write one small file atomically (temp file + rename) here: what each stage output costs."""
+    folder.mkdir()
+    start = time.perf_counter()
+    for i in range(count):
+        atomic_write(folder / f"{i}.md", b"x" * 200, durable=False)
+    return (time.perf_counter() - start) / count
+
+
 def write_workflow(root: Path, scenario: Scenario) -> Path:
     sinks = set(scenario.needs) - {n for deps in scenario.needs.values() for n in deps}
     stages = [{"id": sid, "agent": "build", "needs": deps} for sid, deps in scenario.needs.items()]
@@ -161,8 +175,11 @@ def main() -> None:
     args = parser.parse_args()
     chosen = {k for k in args.only.split(",") if k}
     print(f"python {sys.version.split()[0]}; best of {args.runs} runs; persistence on (flush every 0.25 s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        per_file = disk_baseline(Path(tmp) / "disk")
+    print(f"disk baseline: writing one small file atomically takes {per_file * 1000:.3f} ms here")
     header = f"{'':4}{'scenario':<46}{'stages':>7}{'critical':>10}{'makespan':>10}{'ratio':>7}"
-    print(header + f"{'overhead':>12}{'asyncio':>10}{'vs asyncio':>11}{'then on disk':>14}   target")
+    print(header + f"{'overhead':>12}{'asyncio':>10}{'vs asyncio':>11}{'then on disk':>14}{'incl. disk':>12}   target")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "workflows").mkdir()
@@ -190,10 +207,12 @@ def main() -> None:
             critical = critical_path(scenario.needs, scenario.latency)
             ratio = f"{best / critical:.3f}" if critical else "-"
             overhead = (best - critical) / stages * 1000
+            with_disk = (best + drain - critical) / stages * 1000
             print(
                 f"({scenario.key}) {scenario.title:<46}{stages:>7}{critical * 1000:>8.0f}ms{best * 1000:>8.0f}ms"
-                f"{ratio:>7}{overhead:>9.3f} ms{plain * 1000:>8.0f}ms{best / plain:>10.2f}x{drain * 1000:>11.0f} ms   "
-                f"{scenario.target(best, critical, stages)}"
+                f"{ratio:>7}{overhead:>9.3f} ms{plain * 1000:>8.0f}ms{best / plain:>10.2f}x{drain * 1000:>11.0f} ms"
+                f"{with_disk:>9.3f} ms   "
+                f"{scenario.target(best, best + drain, critical, stages)}"
             )
 
 
