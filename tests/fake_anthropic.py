@@ -12,11 +12,18 @@ in any order); every request is recorded so tests can assert what was sent.
 
 Endpoints: ``POST /v1/messages`` (JSON, or server-sent events when ``stream`` is
 true), ``POST /v1/messages/count_tokens``, ``GET /v1/models``; any other request
-gets ``200 {}`` (clients probe a few).
+gets ``200 {}`` (clients probe a few). With no rule matching, a reply is "ok",
+or a passing verdict for a forced tool call.
+
+Run it on its own to try orchestrate against it:
+
+    python tests/fake_anthropic.py --port 8787
+    ANTHROPIC_BASE_URL=http://127.0.0.1:8787 ANTHROPIC_API_KEY=fake orchestrate run ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -27,6 +34,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Matcher = Callable[[dict[str, Any]], bool]
+DEFAULT_VERDICT = {
+    "verdict": "pass",
+    "summary": "Fake API: nothing was checked; this pass only means the run completed.",
+    "findings": [],
+    "checklist": [],
+}
 
 
 @dataclass
@@ -80,11 +93,11 @@ class Rule:
 
 
 class FakeAnthropic:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[Request] = []
         self.rules: list[Rule] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -143,6 +156,9 @@ class FakeAnthropic:
                     if rule.times is not None:
                         rule.times -= 1
                     return rule
+        forced = body.get("tool_choice") or {}
+        if forced.get("type") == "tool":  # a forced tool call (the audit verdict): answer with a pass
+            return Rule(lambda body: True, tool_use={"name": forced.get("name"), "input": DEFAULT_VERDICT})
         return Rule(lambda body: True)
 
 
@@ -250,3 +266,22 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_HEAD = do_PUT = do_PATCH = do_DELETE = _handle
 
     return Handler
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A fake of the Anthropic Messages API on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--text", default="ok", help="the reply to every request")
+    args = parser.parse_args()
+    fake = FakeAnthropic(port=args.port)
+    fake.reply(args.text, when=lambda body: not body.get("tool_choice"))
+    with fake:
+        print(f"fake Anthropic API on {fake.url} (Ctrl-C stops it)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -229,3 +229,45 @@ def test_load_state_refuses_other_versions_and_garbage(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text('{"schema_version": 99}')
     with pytest.raises(StateError, match="schema version 99"):
         load_state(tmp_path)
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_exits_130(feature: TempProject) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            "workflows/feature.yaml",
+            "--task",
+            "intr",
+            "--param",
+            "goal=x",
+            "--offline",
+            "--latency",
+            "1",
+        ],
+        cwd=feature.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    folder = feature.root / "docs/ai/intr"
+    deadline = time.monotonic() + 30
+    while not (folder / "stages/plan.md").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Interrupted." in err and "Traceback" not in err
+    state = load_state(folder)
+    assert state.status == "interrupted"
+    assert state.stages["plan"].status == "succeeded"
+    assert {state.stages[s].error for s in ("backend", "frontend")} == {"interrupted"}
+    assert (folder / "stages/plan.md").exists()
