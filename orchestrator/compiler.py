@@ -8,6 +8,7 @@ then write or compare the files. Each CLI command calls one of these.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,14 @@ class Compiled:
     source: str
     plan: Plan
     rendered: tuple[RenderedAgent, ...]
-    files: tuple[GeneratedFile, ...]
     targets: tuple[Target, ...]
     warnings: tuple[str, ...]
     renderer: Renderer
+
+    @cached_property
+    def files(self) -> tuple[GeneratedFile, ...]:
+        """The agent files, built on first use (validate and run never need them)."""
+        return tuple(build_files(self.plan.workflow, self.rendered, self.source, self.targets))
 
     def summary(self) -> dict[str, Any]:
         """The plan as ``validate --json`` prints it."""
@@ -82,13 +87,11 @@ def compile_workflow(workflow_path: Path, project: Project, targets: tuple[Targe
     renderer = Renderer(project, plan, source, data)
     WorkflowErrors.raise_if_any(renderer.check())
     rendered = tuple(renderer.render_agents())
-    files = tuple(build_files(plan.workflow, rendered, source, targets))
     return Compiled(
         project=project,
         source=source,
         plan=plan,
         rendered=rendered,
-        files=files,
         targets=targets,
         warnings=(*plan.warnings, *renderer.warnings),
         renderer=renderer,

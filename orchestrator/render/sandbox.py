@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ BUILTIN_PREFIX = "builtin/"
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("orchestrator") / "defaults" / "instructions"))
+    # Beside this package's modules, which is where setuptools installs the package data.
+    return Path(__file__).resolve().parent.parent / "defaults" / "instructions"
 
 
 @dataclass
