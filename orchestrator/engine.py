@@ -269,6 +269,9 @@ class _Run:
             return failed(exc.message)
         except Exception as exc:  # a runner bug must fail its stage, not the whole run
             return failed(f"runner error: {type(exc).__name__}: {exc}")
+        blocked = _blocked_reason(result.output)
+        if blocked is not None:
+            return failed(f"the agent reported itself blocked: {blocked}")
         if sid == self.plan.audit_stage:
             try:
                 self.verdict = parse_verdict(result.data, result.output)
@@ -289,6 +292,19 @@ class _Run:
             )
         )
         return outcome
+
+
+def _blocked_reason(output: str) -> str | None:
+    """The reason of a reply whose first line is ``Status: blocked: <reason>``, as the shipped
+    instructions ask agents to report a stage they could not finish; None for any other reply."""
+    first = output.lstrip().split("\n", 1)[0].strip()
+    head, _, rest = first.partition(":")
+    if head.strip().lower() != "status":
+        return None
+    state, _, reason = rest.strip().partition(":")
+    if state.strip().lower() != "blocked":
+        return None
+    return reason.strip() or "no reason given"
 
 
 async def execute(

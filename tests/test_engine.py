@@ -243,3 +243,15 @@ def test_cancelling_a_run_marks_it_interrupted() -> None:
     assert recorder.of(RunFinished)[0].status == "interrupted"
     assert [(e.stage, e.error) for e in recorder.of(StageFailed)] == [("b", "interrupted")]
     assert recorder.of(StageSucceeded)[0].stage == "a"
+
+
+def test_a_reply_that_says_it_is_blocked_fails_the_stage() -> None:
+    plan = plan_of("a; b; audit<-a,b")
+    outcome, recorder = run(
+        plan,
+        OfflineRunner({"a": "Status: blocked: the API schema is missing\n\nDetails...", "b": "Status: done\n\nOK"}),
+    )
+    assert [(e.stage, e.error) for e in recorder.of(StageFailed)] == [
+        ("a", "the agent reported itself blocked: the API schema is missing")
+    ]
+    assert outcome.stages["b"].status == "succeeded"
