@@ -73,11 +73,7 @@ def load_plan(workflow_path: Path, project: Project) -> tuple[Plan, str, bytes]:
     """Load, validate and plan a workflow; returns the plan, the file's display name and its bytes."""
     source = project.display(workflow_path)
     plan = build_plan(load_workflow(workflow_path, display=source))
-    try:
-        data = workflow_path.read_bytes()
-    except OSError:  # pragma: no cover - it was readable a moment ago
-        data = b""
-    return plan, source, data
+    return plan, source, plan.workflow.source.data
 
 
 def compile_workflow(workflow_path: Path, project: Project, targets: tuple[Target, ...] = TARGETS) -> Compiled:

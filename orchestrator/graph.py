@@ -36,14 +36,16 @@ class Plan:
     notices: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     waves_by_stage: Mapping[str, int] = field(default_factory=dict)
+    stages_by_agent: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def agents(self) -> tuple[str, ...]:
         """Agents that run at least one stage, sorted."""
-        return tuple(sorted({s.agent for s in self.stages.values()}))
+        return tuple(sorted(self.stages_by_agent))
 
     def stages_of(self, agent: str) -> tuple[StageSpec, ...]:
-        return tuple(self.stages[i] for i in self.order if self.stages[i].agent == agent)
+        """The stages ``agent`` runs, in plan order."""
+        return tuple(self.stages[sid] for sid in self.stages_by_agent.get(agent, ()))
 
     def model_for(self, stage_id: str) -> str:
         """Model routing: the stage's own model, else its agent's, else the workflow default."""
@@ -167,7 +169,15 @@ def build_plan(workflow: Workflow) -> Plan:
         notices=tuple(notices),
         warnings=tuple(_warnings(workflow, stages)),
         waves_by_stage={sid: index for index, wave in enumerate(waves) for sid in wave},
+        stages_by_agent=_by_agent(order, stages),
     )
+
+
+def _by_agent(order: tuple[str, ...], stages: Mapping[str, StageSpec]) -> dict[str, tuple[str, ...]]:
+    grouped: dict[str, list[str]] = {}
+    for sid in order:
+        grouped.setdefault(stages[sid].agent, []).append(sid)
+    return {agent: tuple(ids) for agent, ids in grouped.items()}
 
 
 def _audit_stage(

@@ -89,15 +89,17 @@ for _tag, _regexp, _first in (
 def load_workflow(path: Path, *, display: str | None = None) -> Workflow:
     """Read and validate a workflow file. ``display`` is how errors name the file."""
     shown = display or str(path)
-    text = _read_text(path, shown, "workflow file", "check the path, e.g. workflows/feature.yaml")
-    return parse_workflow(text, source=shown, default_name=path.stem)
+    data = _read_bytes(path, shown, "workflow file", "check the path, e.g. workflows/feature.yaml")
+    workflow = parse_workflow(_decode(data, shown), source=shown, default_name=path.stem)
+    workflow.source.data = data
+    return workflow
 
 
 def load_mapping(path: Path, *, display: str | None = None, what: str = "file") -> dict[str, Any]:
     """A YAML (or JSON) file holding one mapping, read as safely as a workflow; ``what`` names it in errors."""
     shown = display or str(path)
     smap = SourceMap(file=shown)
-    data = _parse_yaml(_read_text(path, shown, what, "check the path"), smap)
+    data = _parse_yaml(_decode(_read_bytes(path, shown, what, "check the path"), shown), smap)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -107,7 +109,7 @@ def load_mapping(path: Path, *, display: str | None = None, what: str = "file") 
     return data
 
 
-def _read_text(path: Path, shown: str, what: str, hint: str) -> str:
+def _read_bytes(path: Path, shown: str, what: str, hint: str) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -121,6 +123,10 @@ def _read_text(path: Path, shown: str, what: str, hint: str) -> str:
             f"file is {len(data):,} bytes; {what}s are limited to {MAX_FILE_BYTES:,}",
             location=Location(shown),
         )
+    return data
+
+
+def _decode(data: bytes, shown: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

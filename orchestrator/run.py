@@ -60,7 +60,6 @@ class PreparedRun:
     offline: bool
     responses: dict[str, Any]
     latency: float
-    referenced: dict[str, frozenset[str]]
 
     @property
     def command(self) -> str:
@@ -97,12 +96,6 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         check_responses(responses, plan.stages, shown)
     if request.latency < 0:
         raise UsageError("--latency can't be negative")
-    referenced: dict[str, frozenset[str]] = {}
-    for sid in plan.order:
-        prompt = plan.stages[sid].prompt
-        if prompt:
-            info = compiled.renderer.checker.analyze(prompt)
-            referenced[sid] = frozenset(key for base, key, _ in info.lookups if base == "stages")
     return PreparedRun(
         compiled=compiled,
         workflow_path=workflow_path,
@@ -113,7 +106,6 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         offline=request.offline,
         responses=responses,
         latency=request.latency,
-        referenced=referenced,
     )
 
 
@@ -224,11 +216,12 @@ def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageO
     schema = verdict_schema()
     folder = f"docs/ai/{prepared.task}"
     models = {sid: plan.model_for(sid) for sid in plan.order}
+    checker = prepared.compiled.renderer.checker
 
     def build(sid: str, outcomes: Mapping[str, StageOutcome]) -> StageRequest:
         stage = plan.stages[sid]
         audit = sid == plan.audit_stage
-        referenced = prepared.referenced.get(sid, frozenset())
+        referenced = checker.stages_read(sid)
         prompt = ""
         if stage.prompt:
             values = {

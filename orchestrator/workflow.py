@@ -321,6 +321,7 @@ class SourceMap:
     """
 
     file: str
+    data: bytes = b""  # the file as read, for the hash of generated files' sources
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     aliases: dict[Path_, Path_] = field(default_factory=dict)

@@ -56,6 +56,7 @@ class TemplateChecker:
         self.loader = loader
         self.plan = plan
         self._files: dict[str, tuple[str, _Analysis] | TemplateSyntaxError] = {}
+        self._stages_read: dict[str, frozenset[str]] = {}
 
     def analyze(self, source: str, name: str | None = None, filename: str | None = None) -> _Analysis:
         """Parse ``source`` and list what it uses; raises ``TemplateSyntaxError`` for syntax errors
@@ -89,6 +90,10 @@ class TemplateChecker:
             refs=tuple(refs),
             lookups=tuple(_lookups(ast, {"params", "stages"})),
         )
+
+    def stages_read(self, stage_id: str) -> frozenset[str]:
+        """The ``stages.<id>`` a stage's prompt reads (known once ``check_all`` has run)."""
+        return self._stages_read.get(stage_id, frozenset())
 
     def template_uses(self, name: str, var: str) -> bool:
         """Whether an (already checked) template reads ``var`` itself."""
@@ -180,6 +185,7 @@ class TemplateChecker:
             return []
         try:
             info = self.analyze(stage.prompt)
+            self._stages_read[stage_id] = frozenset(key for base, key, _ in info.lookups if base == "stages")
         except TemplateSyntaxError as exc:
             return [
                 WorkflowError(
