@@ -107,11 +107,15 @@ def _compile(workflow: Path, root: Path | None, target: str = "all") -> Any:
 
 
 def _relocate(error: OrchestrateError) -> None:
-    """Show project-relative file names relative to the working directory."""
+    """Show file names relative to the working directory: project-relative ones and absolute ones."""
     errors = error.errors if isinstance(error, WorkflowErrors) else [error]
     for item in errors:
         loc = item.location
-        if _root_shown and loc and not Path(loc.file).is_absolute() and not loc.file.startswith(("builtin/", "<")):
+        if loc is None or loc.file.startswith(("builtin/", "<")):
+            continue
+        if Path(loc.file).is_absolute():
+            item.location = type(loc)(_shown(Path(loc.file)), loc.line, loc.column)
+        elif _root_shown:
             item.location = type(loc)(f"{_root_shown}/{loc.file}", loc.line, loc.column)
 
 
@@ -335,7 +339,7 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
 
     project = Project((root or Path.cwd()).absolute())
     folder = project.state_root / check_task(task)
-    state = load_state(folder)
+    state = load_state(folder, display=_shown(folder))
     if as_json:
         click.echo(state.model_dump_json(indent=2))
     else:

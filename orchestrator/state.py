@@ -129,30 +129,35 @@ class RunState(BaseModel):
         return out
 
 
-def load_state(folder: Path) -> RunState:
-    """Read ``state.json`` of a task folder, with a clear error when it is missing or unreadable."""
+def load_state(folder: Path, *, display: str | None = None) -> RunState:
+    """Read ``state.json`` of a task folder, with a clear error when it is missing or unreadable.
+
+    ``display`` is how messages name the folder (default: as given).
+    """
+    shown = display or str(folder)
     path = folder / "state.json"
+    named = f"{shown}/state.json"
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StateError(
-            f"no run state in {folder}", hint="start one with: orchestrate run <workflow> --task <task>"
+            f"no run state in {shown}/", hint="start one with: orchestrate run <workflow> --task <task>"
         ) from None
     except OSError as exc:
-        raise StateError(f"can't read {path}: {exc.strerror or exc}") from exc
+        raise StateError(f"can't read {named}: {exc.strerror or exc}") from exc
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise StateError(f"{path} is not valid JSON: {exc}") from None
+        raise StateError(f"{named} is not valid JSON: {exc}") from None
     if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
         raise StateError(
-            f"{path} has schema version {data.get('schema_version')!r}; this orchestrate reads {SCHEMA_VERSION}",
+            f"{named} has schema version {data.get('schema_version')!r}; this orchestrate reads {SCHEMA_VERSION}",
             hint="upgrade orchestrate, or start the task afresh",
         )
     try:
         return RunState.model_validate(data)
     except ValidationError as exc:
-        raise StateError(f"{path} does not hold a valid run state: {exc.errors()[0]['msg']}") from None
+        raise StateError(f"{named} does not hold a valid run state: {exc.errors()[0]['msg']}") from None
 
 
 def _added(tokens: Tokens, cost: float | None, usage: Usage, more: float | None) -> tuple[Tokens, float | None]:

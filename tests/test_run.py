@@ -119,7 +119,7 @@ def test_status_shows_the_saved_run(feature: TempProject, cli: CliRunner) -> Non
     as_json = json.loads(cli("status", "add-login", "--json", cwd=feature.root).out)
     assert as_json["status"] == "succeeded" and as_json["task"] == "add-login"
     missing = cli("status", "nope", cwd=feature.root)
-    assert missing.code == 2 and missing.err.startswith("Error: no run state in ")
+    assert missing.code == 2 and missing.err.startswith("Error: no run state in docs/ai/nope/")
 
 
 @pytest.mark.parametrize(
@@ -271,3 +271,10 @@ def test_ctrl_c_marks_the_run_interrupted_and_exits_130(feature: TempProject) ->
     assert state.stages["plan"].status == "succeeded"
     assert {state.stages[s].error for s in ("backend", "frontend")} == {"interrupted"}
     assert (folder / "stages/plan.md").exists()
+
+
+def test_errors_in_files_given_by_path_are_named_as_typed(feature: TempProject, cli: CliRunner) -> None:
+    feature.write("responses.yaml", "plan: [unclosed\n")
+    result = run_offline(feature, cli, "--responses", "responses.yaml")
+    assert result.code == 2
+    assert result.err.startswith("Error: responses.yaml:2:1: invalid YAML")
