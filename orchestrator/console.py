@@ -14,11 +14,16 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from .events import (
+    ApprovalDecided,
+    ApprovalRequested,
     AttemptFinished,
+    AuditRound,
     Event,
     RunFinished,
     RunStarted,
     StageFailed,
+    StageReused,
+    StageRetrying,
     StageSkipped,
     StageStarted,
     StageSucceeded,
@@ -26,7 +31,7 @@ from .events import (
 )
 from .report import format_cost, format_duration
 
-__all__ = ["JsonView", "LiveView", "PlainView"]
+__all__ = ["JsonView", "LiveView", "PlainView", "describe"]
 
 
 def _usage_text(event: StageSucceeded) -> str:
@@ -53,24 +58,49 @@ class PlainView:
         self.stream.flush()
 
     def on_event(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self._line(
-                event,
-                f"run {event.run_id}: {event.workflow}, task {event.task}, {len(event.stages)} stages, "
-                f"up to {event.max_parallel} at once",
-            )
-        elif isinstance(event, StageStarted):
-            self._line(event, f"{event.stage}: started ({event.agent}, {event.model})")
-        elif isinstance(event, AttemptFinished) and event.attempt.error:
-            self._line(event, f"{event.stage}: attempt {event.attempt.number} failed: {event.attempt.error}")
-        elif isinstance(event, StageSucceeded):
-            self._line(event, f"{event.stage}: succeeded in {format_duration(event.duration)}, {_usage_text(event)}")
-        elif isinstance(event, StageFailed):
-            self._line(event, f"{event.stage}: failed after {format_duration(event.duration)}: {event.error}")
-        elif isinstance(event, StageSkipped):
-            self._line(event, f"{event.stage}: skipped: {event.reason}")
-        elif isinstance(event, RunFinished):
-            self._line(event, f"run {event.status} in {format_duration(event.duration)}")
+        text = describe(event)
+        if text:
+            self._line(event, text)
+
+
+def describe(event: Event) -> str:
+    """One line about an event, for people; empty for events not worth a line."""
+    if isinstance(event, RunStarted):
+        how = "continuing" if event.resumed else "run"
+        rnd = f", audit round {event.round}" if event.round > 1 else ""
+        return (
+            f"{how} {event.run_id}: {event.workflow}, task {event.task}, {len(event.stages)} stages, "
+            f"up to {event.max_parallel} at once{rnd}"
+        )
+    if isinstance(event, StageStarted):
+        why = f" — {event.reason}" if event.reason else ""
+        return f"{event.stage}: started ({event.agent}, {event.model}){why}"
+    if isinstance(event, StageReused):
+        return f"{event.stage}: kept ({event.reason})"
+    if isinstance(event, AttemptFinished) and event.attempt.error:
+        return f"{event.stage}: attempt {event.attempt.number} failed: {event.attempt.error}"
+    if isinstance(event, StageRetrying):
+        return f"{event.stage}: try {event.attempt} failed, trying again: {event.error}"
+    if isinstance(event, StageSucceeded):
+        return f"{event.stage}: succeeded in {format_duration(event.duration)}, {_usage_text(event)}"
+    if isinstance(event, StageFailed):
+        what = "interrupted" if event.interrupted else "failed"
+        return f"{event.stage}: {what} after {format_duration(event.duration)}: {event.error}"
+    if isinstance(event, StageSkipped):
+        return f"{event.stage}: skipped: {event.reason}"
+    if isinstance(event, ApprovalRequested):
+        message = f": {event.message}" if event.message else ""
+        return f"{event.stage}: waiting for approval{message}"
+    if isinstance(event, ApprovalDecided):
+        what = "approved" if event.approved else "rejected"
+        who = f" by {event.by}" if event.by else ""
+        return f"{event.stage}: {what}{who}" + (f": {event.note}" if event.note else "")
+    if isinstance(event, AuditRound):
+        sent = f"; sending back {', '.join(event.rework)}" if event.rework else ""
+        return f"audit round {event.round}: {event.verdict} ({event.findings} findings){sent}"
+    if isinstance(event, RunFinished):
+        return f"run {event.status.replace('_', ' ')} in {format_duration(event.duration)}"
+    return ""
 
 
 class LiveView:
@@ -102,7 +132,15 @@ class LiveView:
             ("note", "left"),
         ):
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
-        styles = {"running": "yellow", "succeeded": "green", "failed": "red", "skipped": "dim"}
+        styles = {
+            "running": "yellow",
+            "succeeded": "green",
+            "kept": "green",
+            "failed": "red",
+            "interrupted": "red",
+            "skipped": "dim",
+            "waiting approval": "magenta",
+        }
         now = time.monotonic()
         shown = list(self.rows)
         if len(shown) > self.max_rows:
@@ -140,9 +178,23 @@ class LiveView:
             self.live.refresh()
             self.live.stop()
             return
+        if isinstance(event, AuditRound):
+            if event.rework:
+                self.title = f"{self.title.split(' — ')[0]} — audit round {event.round + 1}"
+            return
         row = self.rows.setdefault(event.stage, {"status": "pending", "agent": ""})
         if isinstance(event, StageStarted):
-            row.update(status="running", agent=event.agent, clock=time.monotonic())
+            row.update(status="running", agent=event.agent, clock=time.monotonic(), note=event.reason[:80])
+        elif isinstance(event, StageReused):
+            row.update(status="kept", note=event.reason[:80])
+        elif isinstance(event, StageRetrying):
+            row["note"] = f"try {event.attempt} failed: {event.error}"[:80]
+        elif isinstance(event, ApprovalRequested):
+            row.update(status="waiting approval", note=(event.message or "orchestrate approve")[:80])
+        elif isinstance(event, ApprovalDecided):
+            row.update(
+                status="succeeded" if event.approved else "failed", note=("approved" if event.approved else "rejected")
+            )
         elif isinstance(event, AttemptFinished) and event.attempt.error:
             row["note"] = f"attempt {event.attempt.number}: {event.attempt.error}"[:80]
         elif isinstance(event, StageSucceeded):
@@ -154,8 +206,9 @@ class LiveView:
                 note="",
             )
         elif isinstance(event, StageFailed):
-            row.update(status="failed", duration=event.duration, note=event.error[:80])
+            status = "interrupted" if event.interrupted else "failed"
+            row.update(status=status, duration=event.duration, note=event.error[:80])
         elif isinstance(event, StageSkipped):
             row.update(status="skipped", note=event.reason)
-        if isinstance(event, StageSucceeded | StageFailed | StageSkipped):
+        if isinstance(event, StageSucceeded | StageFailed | StageSkipped | StageReused):
             self.finished.append(event.stage)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from .runners import Usage
 from .workflow import Price
 
-__all__ = ["DEFAULT_PRICES", "estimate", "family", "price_for"]
+__all__ = ["DEFAULT_PRICES", "estimate", "estimate_range", "family", "price_for", "token_range"]
 
 # Anthropic's list prices by family (input, output); cache reads cost 10% and cache writes 125%
 # of input. They are estimates: set `pricing:` in the workflow for what your account pays.
@@ -54,3 +54,24 @@ def estimate(usage: Usage, model: str, overrides: Mapping[str, Price] | None = N
         + usage.cache_write_tokens * cache_write
     )
     return round(total / 1_000_000, 6)
+
+
+def token_range(chars: int) -> tuple[int, int]:
+    """Tokens a text of ``chars`` characters is likely to take: a low and a high guess.
+
+    English prose runs about four characters a token and code about three; the
+    bounds leave room on both sides, so a budget check on the low end never
+    stops a stage that would have fitted.
+    """
+    return chars // 5, chars // 3 + 1
+
+
+def estimate_range(
+    input_chars: int, max_output: int, model: str, overrides: Mapping[str, Price] | None = None
+) -> tuple[float, float] | None:
+    """USD a request is likely to cost: (input only at the low guess, input at the high guess plus every
+    output token it may write); None when no price is known."""
+    low_in, high_in = token_range(input_chars)
+    low = estimate(Usage(input_tokens=low_in), model, overrides)
+    high = estimate(Usage(input_tokens=high_in, output_tokens=max_output), model, overrides)
+    return None if low is None or high is None else (low, high)

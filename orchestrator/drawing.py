@@ -20,6 +20,8 @@ STATUS_STYLE = {
     "succeeded": "fill:#d3f9d8,stroke:#2f9e44",
     "failed": "fill:#ffe3e3,stroke:#e03131",
     "skipped": "fill:#f1f3f5,stroke:#adb5bd,stroke-dasharray: 4 2",
+    "interrupted": "fill:#ffe8cc,stroke:#e8590c",
+    "waiting_approval": "fill:#e5dbff,stroke:#7048e8",
 }
 
 

@@ -3,9 +3,21 @@
 There are no lock-step waves: a finished stage releases its dependents at
 once, up to ``max_parallel`` stages run together, and the ready stage earliest
 in the plan's order goes first (so ``max_parallel=1`` is one deterministic
-topological order). A failed stage skips everything downstream of it, with the
-reason; independent branches finish. All bookkeeping happens on the event
-loop's thread; the engine emits events and never prints or writes files.
+topological order). All bookkeeping happens on the event loop's thread; the
+engine emits events and never prints or writes files.
+
+Per stage, in order: build the request; keep the earlier output if the memo
+says nothing changed; else check the budgets, run it (with its ``retries`` and
+``timeout``); then, for a gated stage, wait for a person's decision. Policies:
+
+- a failed stage skips everything downstream, with the reason, unless it has
+  ``continue_on_failure``; independent branches finish;
+- a failed audit whose findings name stages sends those stages (and what
+  depends on them) back with the findings, up to ``max_rounds`` audits;
+- when the run's budget would be passed, no new stage starts and the run ends
+  ``budget_exceeded`` once the stages in flight finish;
+- ``stop()`` (a signal) cancels the stages in flight and ends the run
+  ``interrupted``; what they spent is recorded.
 """
 
 from __future__ import annotations
@@ -13,38 +25,61 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from .audit import Verdict, VerdictError, parse_verdict
+from .audit import Finding, Verdict, VerdictError, parse_verdict
 from .errors import OrchestrateError
 from .events import (
+    ApprovalDecided,
+    ApprovalRequested,
     AttemptFinished,
+    AuditRound,
     Event,
     Listener,
     RunFinished,
     RunStarted,
     StageFailed,
+    StageReused,
+    StageRetrying,
     StageSkipped,
     StageStarted,
     StageSucceeded,
 )
+from .fingerprint import Recalled, digest, gate_fingerprint, request_fingerprint
 from .graph import Plan
 from .runners import AttemptRecord, Runner, StageRequest, Usage
 
-__all__ = ["EngineOptions", "RunOutcome", "StageOutcome", "execute"]
+__all__ = [
+    "Decision",
+    "EngineOptions",
+    "Gates",
+    "Progress",
+    "RunOutcome",
+    "StageInput",
+    "StageOutcome",
+    "execute",
+]
 
-StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
-RunStatus = Literal["succeeded", "failed", "interrupted"]
+StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "waiting_approval", "interrupted"]
+RunStatus = Literal["succeeded", "failed", "interrupted", "waiting_approval", "budget_exceeded", "partial"]
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     max_parallel: int
-    stage_timeout: float | None = None
+    stage_timeout: float | None = None  # default for stages without a timeout of their own
     run_id: str = "run"
     task: str = "task"
+    budget_usd: float | None = None
+    spent_usd: float = 0.0  # spent by earlier parts of this run (a resumed run)
+    max_rounds: int = 1
+    round: int = 1  # the audit round a resumed run continues in
+    approve_all: bool = False
+    only: frozenset[str] | None = None  # run just these; keep the others' outputs or leave them be
+    resumed: bool = False
+    poll_interval: float = 1.0  # how often waiting gates look for a decision while other stages run
 
 
 @dataclass
@@ -56,6 +91,8 @@ class StageOutcome:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = 0.0
     duration: float = 0.0
+    fingerprint: str = ""
+    reused: bool = False
 
 
 @dataclass
@@ -66,19 +103,79 @@ class RunOutcome:
     usage: Usage
     cost_usd: float | None
     duration: float
+    note: str = ""
+    waiting: tuple[str, ...] = ()
 
 
-# Shared: a running stage has nothing of its own to hold yet, an interrupted one nothing left.
-_RUNNING = StageOutcome("running")
-_INTERRUPTED = StageOutcome("failed", error="interrupted")
+@dataclass(frozen=True)
+class StageInput:
+    """What a stage would send, and the digests of its parts (for "what changed")."""
 
-RequestBuilder = Callable[[str, Mapping[str, StageOutcome]], StageRequest]
+    request: StageRequest | None  # None for an approval gate: no agent runs it
+    inputs: Mapping[str, str]
+    fingerprint: str
+    min_cost_usd: float = 0.0  # the least the request can cost, for the budget check
+
+    @classmethod
+    def of(cls, request: StageRequest, inputs: Mapping[str, str] | None = None, min_cost: float = 0.0) -> StageInput:
+        return cls(request, inputs or {}, request_fingerprint(request), min_cost)
+
+    @classmethod
+    def gate(cls, inputs: Mapping[str, str]) -> StageInput:
+        return cls(None, inputs, gate_fingerprint(inputs))
+
+
+@dataclass(frozen=True)
+class Decision:
+    approved: bool
+    note: str = ""
+    by: str = ""
+
+
+@dataclass
+class Progress:
+    """What the request builder may read: outcomes so far, findings sent back, gate decisions."""
+
+    outcomes: dict[str, StageOutcome]
+    feedback: dict[str, list[Finding]]
+    decisions: dict[str, Decision]
+    round: int
+
+
+class Memory(Protocol):
+    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str: ...
+
+
+class Gates(Protocol):
+    def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
+        """A person's decision on this exact output of ``stage``, if one was made."""
+        ...
+
+
+class _NoMemory:
+    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
+        return "not run before"
+
+
+class _NoGates:
+    def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
+        return None
+
+
+_RUNNING = StageOutcome("running")  # shared: a running stage has nothing of its own to hold yet
+
+RequestBuilder = Callable[[str, Progress], StageInput]
 Pricer = Callable[[Usage, str], "float | None"]
 
 
 def _add_cost(total: float | None, part: float | None) -> float | None:
     """Costs add up, but one unknown price makes the total unknown rather than too low."""
     return None if total is None or part is None else round(total + part, 6)
+
+
+def _normal(text: str) -> str:
+    """Outputs end in one newline (as their files do), so a kept output reads back identical."""
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 @dataclass
@@ -99,6 +196,9 @@ class _Run:
         options: EngineOptions,
         price: Pricer,
         clock: Callable[[], float],
+        memory: Memory,
+        gates: Gates,
+        feedback: Mapping[str, list[Finding]],
     ) -> None:
         self.plan = plan
         self.build_request = build_request
@@ -107,17 +207,38 @@ class _Run:
         self.options = options
         self.price = price
         self.clock = clock
+        self.memory = memory
+        self.gates = gates
         self.index = {sid: i for i, sid in enumerate(plan.order)}
         self.models = {sid: plan.model_for(sid) for sid in plan.order}
         self.outcomes: dict[str, StageOutcome] = {sid: StageOutcome("pending") for sid in plan.order}
+        self.progress = Progress(self.outcomes, {k: list(v) for k, v in feedback.items()}, {}, options.round)
         self.verdict: Verdict | None = None
         self.deadlines: dict[str, float] = {}
         self.timed_out: set[str] = set()
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.ran: set[str] = set()
+        self.spent = options.spent_usd
+        self.stopping = False
+        self.budget_note = ""
+        self.waiting_gates: dict[str, StageInput] = {}
+        self.waiting: dict[str, int] = {}
+        self.ready: list[tuple[int, str]] = []
+        self.finished: asyncio.Queue[tuple[str, StageOutcome]] = asyncio.Queue()
 
     def emit(self, event: Event) -> None:
         for listener in self.listeners:
             listener.on_event(event)
+
+    def stop(self) -> None:
+        """Start no more stages; cancel those in flight (they record what they spent)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for task in self.tasks.values():
+            task.cancel()
+
+    # -- the loop ------------------------------------------------------------------------------------
 
     async def run(self) -> RunOutcome:
         started = time.monotonic()
@@ -129,38 +250,32 @@ class _Run:
                 self.options.task,
                 self.plan.order,
                 self.options.max_parallel,
+                self.options.resumed,
+                self.progress.round,
             )
         )
-        waiting = {sid: len(self.plan.stages[sid].needs) for sid in self.plan.order}
-        ready = [(self.index[sid], sid) for sid, count in waiting.items() if count == 0]
-        heapq.heapify(ready)
-        finished: asyncio.Queue[tuple[str, StageOutcome]] = asyncio.Queue()
+        self.waiting = {sid: len(self.plan.stages[sid].needs) for sid in self.plan.order}
+        self.ready = [(self.index[sid], sid) for sid, count in self.waiting.items() if count == 0]
+        heapq.heapify(self.ready)
         running = self.tasks
         status: RunStatus = "failed"
-        watchdog = asyncio.create_task(self._watchdog()) if self.options.stage_timeout else None
+        watchdog = asyncio.create_task(self._watchdog()) if self._shortest_timeout() else None
         try:
-            while ready or running:
-                while ready and len(running) < self.options.max_parallel:
-                    _, sid = heapq.heappop(ready)
-                    running[sid] = asyncio.create_task(self._stage(sid, finished), name=f"stage {sid}")
-                sid, outcome = await finished.get()
-                batch = [(sid, outcome)]
-                while not finished.empty():
-                    batch.append(finished.get_nowait())
+            while True:
+                while self.ready and len(running) < self.options.max_parallel and not self._halted():
+                    _, sid = heapq.heappop(self.ready)
+                    running[sid] = asyncio.create_task(self._stage(sid), name=f"stage {sid}")
+                if not running:
+                    break
+                batch = await self._next_batch()
                 for sid, outcome in sorted(batch, key=lambda item: self.index[item[0]]):
                     del running[sid]
-                    self.outcomes[sid] = outcome
-                    if outcome.status == "succeeded":
-                        for dependent in self.plan.dependents[sid]:
-                            waiting[dependent] -= 1
-                            if waiting[dependent] == 0 and self.outcomes[dependent].status == "pending":
-                                heapq.heappush(ready, (self.index[dependent], dependent))
-                    else:
-                        self._skip_downstream(sid)
+                    self._settle(sid, outcome)
+                self._poll_gates()
             status = self._final_status()
         except asyncio.CancelledError:
             status = "interrupted"
-            await self._cancel(running, finished)
+            await self._cancel(running)
             raise
         finally:
             if watchdog is not None:
@@ -171,6 +286,7 @@ class _Run:
                 usage = usage + outcome.usage
                 cost = _add_cost(cost, outcome.cost_usd)
             duration = time.monotonic() - started
+            waiting = tuple(s for s in self.plan.order if self.outcomes[s].status == "waiting_approval")
             self.emit(
                 RunFinished(
                     self.clock(),
@@ -181,12 +297,69 @@ class _Run:
                     self.verdict.verdict if self.verdict else None,
                     tuple(s for s in self.plan.order if self.outcomes[s].status == "failed"),
                     tuple(s for s in self.plan.order if self.outcomes[s].status == "skipped"),
+                    waiting,
+                    self.budget_note,
                 )
             )
-        return RunOutcome(status, self.outcomes, self.verdict, usage, cost, duration)
+        return RunOutcome(status, self.outcomes, self.verdict, usage, cost, duration, self.budget_note, waiting)
+
+    def _halted(self) -> bool:
+        return self.stopping or bool(self.budget_note)
+
+    async def _next_batch(self) -> list[tuple[str, StageOutcome]]:
+        """The stages that finished; waits for at least one (polling gates meanwhile)."""
+        while True:
+            timeout = self.options.poll_interval if self.waiting_gates else None
+            try:
+                first = await asyncio.wait_for(self.finished.get(), timeout)
+            except TimeoutError:
+                self._poll_gates()
+                if not self.tasks:  # a decision started nothing and nothing runs: let the loop decide
+                    return []
+                if self.ready and len(self.tasks) < self.options.max_parallel:
+                    return []
+                continue
+            batch = [first]
+            while not self.finished.empty():
+                batch.append(self.finished.get_nowait())
+            return batch
+
+    def _settle(self, sid: str, outcome: StageOutcome) -> None:
+        """Record a stage's outcome and release or skip what depends on it."""
+        self.outcomes[sid] = outcome
+        stage = self.plan.stages[sid]
+        if outcome.status == "succeeded":
+            if sid == self.plan.audit_stage and self._audit_sends_back(outcome):
+                return
+            self._release(sid)
+        elif outcome.status == "failed":
+            if stage.continue_on_failure:
+                self._release(sid)
+            else:
+                self._skip_downstream(sid)
+
+    def _release(self, sid: str) -> None:
+        for dependent in self.plan.dependents[sid]:
+            self.waiting[dependent] -= 1
+            if self.waiting[dependent] == 0 and self.outcomes[dependent].status == "pending":
+                heapq.heappush(self.ready, (self.index[dependent], dependent))
 
     def _final_status(self) -> RunStatus:
-        if any(o.status != "succeeded" for o in self.outcomes.values()):
+        if self.stopping:
+            return "interrupted"
+        if self.budget_note:
+            return "budget_exceeded"
+        statuses = {sid: o.status for sid, o in self.outcomes.items()}
+        if any(s == "waiting_approval" for s in statuses.values()):
+            return "waiting_approval"
+        if self.options.only is not None:
+            ok = all(statuses[sid] == "succeeded" for sid in self.options.only)
+            return "partial" if ok else "failed"
+        for sid, status in statuses.items():
+            if status == "succeeded":
+                continue
+            if status == "failed" and self.plan.stages[sid].continue_on_failure:
+                continue
             return "failed"
         return "succeeded" if self.verdict is not None and self.verdict.verdict == "pass" else "failed"
 
@@ -202,18 +375,108 @@ class _Run:
             self.emit(StageSkipped(self.clock(), sid, reason))
             todo.extend((d, sid, "skipped") for d in self.plan.dependents[sid])
 
-    async def _cancel(self, running: dict[str, asyncio.Task[None]], finished: asyncio.Queue[Any]) -> None:
+    def _audit_sends_back(self, outcome: StageOutcome) -> bool:
+        """After an audit: record the round; on a failed verdict with rounds left, send work back."""
+        verdict = Verdict.model_validate(outcome.data) if outcome.data is not None else None
+        self.verdict = verdict
+        if verdict is None:
+            return False
+        round_ = self.progress.round
+        targets: set[str] = set()
+        if verdict.verdict == "fail" and round_ < self.options.max_rounds:
+            audit = self.plan.audit_stage
+            targets = {
+                f.stage
+                for f in verdict.findings
+                if f.stage in self.plan.stages and f.stage != audit and self.plan.stages[f.stage].runs_agent
+            }
+        rework = tuple(s for s in self.plan.order if s in targets)
+        self.emit(AuditRound(self.clock(), round_, verdict.verdict, verdict.summary, len(verdict.findings), rework))
+        if not rework:
+            return False
+        self.progress.round = round_ + 1
+        self.progress.feedback = {}
+        for finding in verdict.findings:
+            if finding.stage in targets:
+                self.progress.feedback.setdefault(finding.stage, []).append(finding)
+        again = targets | self.plan.descendants(targets)
+        for sid in again:
+            self.outcomes[sid] = StageOutcome("pending")
+        for sid in again:
+            self.waiting[sid] = sum(1 for need in self.plan.stages[sid].needs if not self._released_by(need))
+            if self.waiting[sid] == 0:
+                heapq.heappush(self.ready, (self.index[sid], sid))
+        return True
+
+    def _released_by(self, sid: str) -> bool:
+        outcome = self.outcomes[sid]
+        if outcome.status == "succeeded":
+            return True
+        return outcome.status == "failed" and self.plan.stages[sid].continue_on_failure
+
+    # -- gates ---------------------------------------------------------------------------------------
+
+    def _poll_gates(self) -> None:
+        """Apply decisions people made while the run went on."""
+        for sid, stage_input in list(self.waiting_gates.items()):
+            outcome = self.outcomes[sid]
+            decision = self.gates.decision(sid, stage_input.fingerprint, digest(outcome.output, 64))
+            if decision is None:
+                continue
+            del self.waiting_gates[sid]
+            self._settle(sid, self._decided(sid, outcome, stage_input, decision))
+
+    def _gate(self, sid: str, outcome: StageOutcome, stage_input: StageInput) -> StageOutcome:
+        output_sha = digest(outcome.output, 64) if stage_input.request is not None else ""
+        decision = self.gates.decision(sid, stage_input.fingerprint, output_sha)
+        if decision is None and self.options.approve_all:
+            decision = Decision(True, "", "--approve-all")
+        if decision is not None:
+            return self._decided(sid, outcome, stage_input, decision)
+        stage = self.plan.stages[sid]
+        output_file = f"stages/{sid}.md" if stage_input.request is not None else None
+        self.emit(
+            ApprovalRequested(
+                self.clock(), sid, stage.approval_message, stage_input.fingerprint, output_sha, output_file
+            )
+        )
+        self.waiting_gates[sid] = stage_input
+        outcome.status = "waiting_approval"
+        return outcome
+
+    def _decided(self, sid: str, outcome: StageOutcome, stage_input: StageInput, decision: Decision) -> StageOutcome:
+        self.emit(
+            ApprovalDecided(self.clock(), sid, decision.approved, decision.note, decision.by, stage_input.fingerprint)
+        )
+        self.progress.decisions[sid] = decision
+        if decision.approved:
+            outcome.status = "succeeded"
+            outcome.error = None
+        else:
+            outcome.status = "failed"
+            outcome.error = "rejected" + (f": {decision.note}" if decision.note else "")
+        return outcome
+
+    # -- one stage -----------------------------------------------------------------------------------
+
+    async def _cancel(self, running: dict[str, asyncio.Task[None]]) -> None:
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
-        while not finished.empty():
-            sid, outcome = finished.get_nowait()
+        while not self.finished.empty():
+            sid, outcome = self.finished.get_nowait()
             self.outcomes[sid] = outcome
+
+    def _timeout_of(self, sid: str) -> float | None:
+        return self.plan.stages[sid].timeout or self.options.stage_timeout
+
+    def _shortest_timeout(self) -> float | None:
+        values = [t for t in (self._timeout_of(sid) for sid in self.plan.order) if t]
+        return min(values) if values else None
 
     async def _watchdog(self) -> None:
         """Cancel stages past their deadline. One task for all stages: cheaper than a timer per stage."""
-        timeout = self.options.stage_timeout or 0.0
-        period = min(1.0, timeout / 10)
+        period = min(1.0, (self._shortest_timeout() or 10.0) / 10)
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
@@ -223,75 +486,184 @@ class _Run:
                     self.timed_out.add(sid)
                     self.tasks[sid].cancel()
 
-    async def _stage(self, sid: str, finished: asyncio.Queue[tuple[str, StageOutcome]]) -> None:
-        outcome = _INTERRUPTED
+    async def _stage(self, sid: str) -> None:
+        outcome = StageOutcome("interrupted", error="interrupted")
         try:
             outcome = await self._execute_stage(sid)
         finally:
             self.deadlines.pop(sid, None)
-            finished.put_nowait((sid, outcome))
+            self.finished.put_nowait((sid, outcome))
 
     async def _execute_stage(self, sid: str) -> StageOutcome:
         stage = self.plan.stages[sid]
+        self.outcomes[sid] = _RUNNING
+        started = time.monotonic()
+        try:
+            stage_input = self.build_request(sid, self.progress)
+        except OrchestrateError as exc:
+            return self._fail(sid, started, _Ledger(), exc.message)
+        except Exception as exc:  # a bug building one request must fail its stage, not the run
+            return self._fail(sid, started, _Ledger(), f"could not build the request: {type(exc).__name__}: {exc}")
+        recalled = self.memory.recall(sid, stage_input.fingerprint, stage_input.inputs, self.ran)
+        if isinstance(recalled, Recalled):
+            outcome = StageOutcome(
+                "succeeded",
+                output=recalled.output,
+                data=recalled.data,
+                fingerprint=stage_input.fingerprint,
+                reused=True,
+            )
+            self.emit(
+                StageReused(
+                    self.clock(),
+                    sid,
+                    recalled.reason,
+                    stage_input.fingerprint,
+                    dict(stage_input.inputs),
+                    recalled.output_sha256,
+                    recalled.run_id,
+                    recalled.output,
+                    recalled.data,
+                )
+            )
+            return self._gate(sid, outcome, stage_input) if stage.gated else outcome
+        if self.options.only is not None and sid not in self.options.only:
+            return StageOutcome("pending", error=f"not run: only {', '.join(sorted(self.options.only))} was asked for")
+        if stage_input.request is None:  # a pure gate: nothing to run
+            self.ran.add(sid)
+            return self._gate(sid, StageOutcome("succeeded", fingerprint=stage_input.fingerprint), stage_input)
+        held = self._over_budget(stage_input)
+        if held:
+            self.budget_note = held
+            return StageOutcome("pending", error=held)
+        self.ran.add(sid)
+        outcome = await self._run_stage(sid, stage_input, recalled)
+        if outcome.status == "succeeded" and stage.gated:
+            return self._gate(sid, outcome, stage_input)
+        return outcome
+
+    def _over_budget(self, stage_input: StageInput) -> str:
+        budget = self.options.budget_usd
+        if budget is None:
+            return ""
+        if self.spent + stage_input.min_cost_usd > budget:
+            return (
+                f"the run's budget of ${budget:.2f} would be exceeded: ${self.spent:.4f} spent, and the next stage "
+                f"costs at least ${stage_input.min_cost_usd:.4f}"
+            )
+        return ""
+
+    def _fail(self, sid: str, started: float, spent: _Ledger, error: str, *, interrupted: bool = False) -> StageOutcome:
+        outcome = StageOutcome(
+            "interrupted" if interrupted else "failed",
+            error=error,
+            usage=spent.usage,
+            cost_usd=spent.cost_usd,
+            duration=time.monotonic() - started,
+        )
+        self.emit(StageFailed(self.clock(), sid, round(outcome.duration, 3), error, interrupted))
+        return outcome
+
+    async def _run_stage(self, sid: str, stage_input: StageInput, reason: str) -> StageOutcome:
+        stage = self.plan.stages[sid]
+        request = stage_input.request
+        assert request is not None
         model = self.models[sid]
         started = time.monotonic()
         spent = _Ledger()
+        stage_budget = stage.budget.usd if stage.budget else None
 
         def report(attempt: AttemptRecord) -> None:
             cost = self.price(attempt.usage, model)
             spent.usage = spent.usage + attempt.usage
             spent.cost_usd = _add_cost(spent.cost_usd, cost)
+            self.spent += cost or 0.0
             self.emit(AttemptFinished(self.clock(), sid, attempt, cost))
 
-        def failed(error: str) -> StageOutcome:
-            outcome = StageOutcome(
-                "failed", error=error, usage=spent.usage, cost_usd=spent.cost_usd, duration=time.monotonic() - started
-            )
-            self.emit(StageFailed(self.clock(), sid, round(outcome.duration, 3), error))
-            return outcome
-
-        self.outcomes[sid] = _RUNNING
-        self.emit(StageStarted(self.clock(), sid, stage.agent, model))
-        if self.options.stage_timeout:
-            self.deadlines[sid] = started + self.options.stage_timeout
-        try:
-            request = self.build_request(sid, self.outcomes)
-            result = await self.runner_for(sid).run(request, report)
-        except asyncio.CancelledError:
-            if sid in self.timed_out:  # the watchdog's cancel, not the user's: the stage fails, the run goes on
+        self.emit(StageStarted(self.clock(), sid, stage.agent or "", model, reason, self.progress.round))
+        timeout = self._timeout_of(sid)
+        tries = stage.retries + 1
+        for number in range(1, tries + 1):
+            if timeout:
+                self.deadlines[sid] = time.monotonic() + timeout
+            error: str | None = None
+            data: dict[str, Any] | None = None
+            try:
+                result = await self.runner_for(sid).run(request, report)
+            except asyncio.CancelledError:
                 task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                return failed(f"timed out after {self.options.stage_timeout:g} s (retries included)")
-            failed("interrupted")
-            raise
-        except OrchestrateError as exc:
-            return failed(exc.message)
-        except Exception as exc:  # a runner bug must fail its stage, not the whole run
-            return failed(f"runner error: {type(exc).__name__}: {exc}")
-        blocked = _blocked_reason(result.output)
+                if sid in self.timed_out:  # the watchdog's cancel, not the user's: this try fails
+                    self.timed_out.discard(sid)
+                    if task is not None:
+                        task.uncancel()
+                    error = f"timed out after {timeout:g} s (retries included)"
+                elif self.stopping:
+                    if task is not None:
+                        task.uncancel()
+                    return self._fail(sid, started, spent, "interrupted", interrupted=True)
+                else:
+                    self._fail(sid, started, spent, "interrupted", interrupted=True)
+                    raise
+            except OrchestrateError as exc:
+                error = exc.message
+            except Exception as exc:  # a runner bug must fail its stage, not the whole run
+                error = f"runner error: {type(exc).__name__}: {exc}"
+            else:
+                error, data = self._check_result(sid, result.output, result.data)
+            finally:
+                self.deadlines.pop(sid, None)
+            if error is None:
+                output = _normal(result.output)
+                duration = time.monotonic() - started
+                outcome = StageOutcome(
+                    "succeeded",
+                    output=output,
+                    data=data,
+                    usage=spent.usage,
+                    cost_usd=spent.cost_usd,
+                    duration=duration,
+                    fingerprint=stage_input.fingerprint,
+                )
+                self.emit(
+                    StageSucceeded(
+                        self.clock(),
+                        sid,
+                        round(duration, 3),
+                        outcome.usage,
+                        outcome.cost_usd,
+                        output,
+                        data,
+                        stage_input.fingerprint,
+                        dict(stage_input.inputs),
+                        digest(output, 64),
+                    )
+                )
+                return outcome
+            assert error is not None
+            if number == tries or self.stopping:
+                break
+            if stage_budget is not None and (spent.cost_usd or 0.0) + stage_input.min_cost_usd > stage_budget:
+                error += f"; no retry: the stage's budget of ${stage_budget:.2f} is spent"
+                break
+            held = self._over_budget(stage_input)
+            if held:
+                self.budget_note = held
+                error += "; no retry: " + held
+                break
+            self.emit(StageRetrying(self.clock(), sid, number, error))
+        assert error is not None
+        return self._fail(sid, started, spent, error + (f" (after {number} tries)" if number > 1 else ""))
+
+    def _check_result(self, sid: str, output: str, data: dict[str, Any] | None) -> tuple[str | None, Any]:
+        blocked = _blocked_reason(output)
         if blocked is not None:
-            return failed(f"the agent reported itself blocked: {blocked}")
+            return f"the agent reported itself blocked: {blocked}", None
         if sid == self.plan.audit_stage:
             try:
-                self.verdict = parse_verdict(result.data, result.output)
+                return None, parse_verdict(data, output).model_dump()
             except VerdictError as exc:
-                return failed(str(exc))
-        duration = time.monotonic() - started
-        outcome = StageOutcome(
-            "succeeded",
-            output=result.output,
-            data=self.verdict.model_dump() if sid == self.plan.audit_stage and self.verdict else result.data,
-            usage=spent.usage,
-            cost_usd=spent.cost_usd,
-            duration=duration,
-        )
-        self.emit(
-            StageSucceeded(
-                self.clock(), sid, round(duration, 3), outcome.usage, outcome.cost_usd, outcome.output, outcome.data
-            )
-        )
-        return outcome
+                return str(exc), None
+        return None, data
 
 
 def _blocked_reason(output: str) -> str | None:
@@ -307,6 +679,27 @@ def _blocked_reason(output: str) -> str | None:
     return reason.strip() or "no reason given"
 
 
+class RunControl:
+    """A handle to stop a run from outside it (a signal handler), safely from any thread."""
+
+    def __init__(self) -> None:
+        self._run: _Run | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.requested = False
+
+    def _attach(self, run: _Run) -> None:
+        self._run = run
+        self._loop = asyncio.get_running_loop()
+        if self.requested:
+            run.stop()
+
+    def stop(self) -> None:
+        """Ask the run to stop: no new stages, in-flight ones cancelled and recorded."""
+        self.requested = True
+        if self._run is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._run.stop)
+
+
 async def execute(
     plan: Plan,
     *,
@@ -316,10 +709,30 @@ async def execute(
     options: EngineOptions,
     price: Pricer,
     clock: Callable[[], float] = time.time,
+    memory: Memory | None = None,
+    gates: Gates | None = None,
+    feedback: Mapping[str, list[Finding]] | None = None,
+    control: RunControl | None = None,
 ) -> RunOutcome:
-    """Run every stage of ``plan``; return when all have succeeded, failed or been skipped.
+    """Run the stages of ``plan``; return when each has succeeded, failed, been skipped or is waiting.
 
-    ``build_request`` turns a stage and the outcomes so far into its request;
-    ``runner_for`` picks the runner of a stage; ``price`` turns usage into USD.
+    ``build_request`` turns a stage and the progress so far into its input;
+    ``runner_for`` picks the runner of a stage; ``price`` turns usage into USD;
+    ``memory`` keeps unchanged outputs; ``gates`` hold people's decisions;
+    ``feedback`` are findings a resumed run's stages were sent back with.
     """
-    return await _Run(plan, build_request, runner_for, listeners, options, price, clock).run()
+    run = _Run(
+        plan,
+        build_request,
+        runner_for,
+        listeners,
+        options,
+        price,
+        clock,
+        memory or _NoMemory(),
+        gates or _NoGates(),
+        feedback or {},
+    )
+    if control is not None:
+        control._attach(run)
+    return await run.run()

@@ -18,15 +18,21 @@ from typing import Any, Protocol
 from .runners import AttemptRecord, Usage
 
 __all__ = [
+    "ApprovalDecided",
+    "ApprovalRequested",
     "AttemptFinished",
+    "AuditRound",
     "Event",
     "Listener",
     "RunFinished",
     "RunStarted",
     "StageFailed",
+    "StageReused",
+    "StageRetrying",
     "StageSkipped",
     "StageStarted",
     "StageSucceeded",
+    "from_json",
     "to_json",
 ]
 
@@ -39,6 +45,8 @@ class RunStarted:
     task: str
     stages: tuple[str, ...]
     max_parallel: int
+    resumed: bool = False
+    round: int = 1
 
 
 @dataclass(slots=True)
@@ -47,6 +55,33 @@ class StageStarted:
     stage: str
     agent: str
     model: str
+    reason: str = ""  # why it runs: "not run before", "instructions changed: …", "--force"
+    round: int = 1
+
+
+@dataclass(slots=True)
+class StageReused:
+    """A stage whose inputs are unchanged since it last succeeded: its output is kept, no request made."""
+
+    time: float
+    stage: str
+    reason: str
+    fingerprint: str
+    inputs: dict[str, str]
+    output_sha256: str
+    from_run: str
+    output: str = field(repr=False)
+    data: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class StageRetrying:
+    """A try of a stage failed and another one follows (the stage's ``retries``)."""
+
+    time: float
+    stage: str
+    attempt: int  # the try that failed, from 1
+    error: str
 
 
 @dataclass(slots=True)
@@ -66,6 +101,9 @@ class StageSucceeded:
     cost_usd: float | None
     output: str = field(repr=False)  # left out of to_json: outputs live in stages/<id>.md
     data: dict[str, Any] | None = None
+    fingerprint: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    output_sha256: str = ""
 
 
 @dataclass(slots=True)
@@ -74,6 +112,41 @@ class StageFailed:
     stage: str
     duration: float
     error: str
+    interrupted: bool = False
+
+
+@dataclass(slots=True)
+class ApprovalRequested:
+    """A gate is waiting for a person: ``orchestrate approve|reject TASK STAGE``."""
+
+    time: float
+    stage: str
+    message: str
+    fingerprint: str
+    output_sha256: str
+    output_file: str | None
+
+
+@dataclass(slots=True)
+class ApprovalDecided:
+    time: float
+    stage: str
+    approved: bool
+    note: str
+    by: str
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class AuditRound:
+    """The audit's verdict in one round, and the stages it sends back for rework (if any)."""
+
+    time: float
+    round: int
+    verdict: str
+    summary: str
+    findings: int
+    rework: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -93,19 +166,40 @@ class RunFinished:
     verdict: str | None
     failed: tuple[str, ...]
     skipped: tuple[str, ...]
+    waiting: tuple[str, ...] = ()
+    note: str = ""  # why a run stopped early (the budget), in words
 
 
-Event = RunStarted | StageStarted | AttemptFinished | StageSucceeded | StageFailed | StageSkipped | RunFinished
+Event = (
+    RunStarted
+    | StageStarted
+    | StageReused
+    | AttemptFinished
+    | StageRetrying
+    | StageSucceeded
+    | StageFailed
+    | StageSkipped
+    | ApprovalRequested
+    | ApprovalDecided
+    | AuditRound
+    | RunFinished
+)
 
-_NAMES = {
+_NAMES: dict[type[Any], str] = {
     RunStarted: "run_started",
     StageStarted: "stage_started",
+    StageReused: "stage_reused",
     AttemptFinished: "attempt_finished",
+    StageRetrying: "stage_retrying",
     StageSucceeded: "stage_succeeded",
     StageFailed: "stage_failed",
     StageSkipped: "stage_skipped",
+    ApprovalRequested: "approval_requested",
+    ApprovalDecided: "approval_decided",
+    AuditRound: "audit_round",
     RunFinished: "run_finished",
 }
+_TYPES = {name: kind for kind, name in _NAMES.items()}
 
 
 def _fields(value: Any) -> dict[str, Any]:
@@ -129,9 +223,36 @@ def to_json(event: Event) -> dict[str, Any]:
     for name in event.__slots__:
         if name != "output":
             out[name] = _plain(getattr(event, name))
-    if isinstance(event, StageSucceeded):
+    if isinstance(event, StageSucceeded | StageReused):
         out["output_chars"] = len(event.output)
     return out
+
+
+def from_json(data: dict[str, Any]) -> Event:
+    """The event a ``to_json`` dict was made from (outputs come back empty: they live in files).
+
+    Raises ``ValueError`` for anything that is not such a dict.
+    """
+    kind = _TYPES.get(data.get("event", ""))
+    if kind is None:
+        raise ValueError(f"unknown event {data.get('event')!r}")
+    values: dict[str, Any] = {}
+    for name in kind.__slots__:
+        if name == "output":
+            values[name] = ""
+        elif name in data:
+            value = data[name]
+            if name == "usage":
+                value = Usage(**value)
+            elif name == "attempt" and isinstance(value, dict):
+                value = AttemptRecord(**{**value, "usage": Usage(**value.get("usage", {}))})
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[name] = value
+    try:
+        return kind(**values)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Listener(Protocol):

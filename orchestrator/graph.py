@@ -50,6 +50,8 @@ class Plan:
     def model_for(self, stage_id: str) -> str:
         """Model routing: the stage's own model, else its agent's, else the workflow default."""
         stage = self.stages[stage_id]
+        if stage.agent is None:  # an approval gate: no model runs it
+            return ""
         return stage.model or self.workflow.agent_spec(stage.agent).model or self.workflow.defaults.model
 
     def model_for_agent(self, agent: str) -> str:
@@ -83,7 +85,7 @@ class Plan:
             name=self.workflow.name,
             order=self.order,
             needs={sid: self.stages[sid].needs for sid in self.order},
-            agents={sid: self.stages[sid].agent for sid in self.order},
+            agents={sid: self.stages[sid].agent or "approval" for sid in self.order},
             models={sid: self.model_for(sid) for sid in self.order},
             audit_stage=self.audit_stage,
             waves=self.waves,
@@ -176,7 +178,9 @@ def build_plan(workflow: Workflow) -> Plan:
 def _by_agent(order: tuple[str, ...], stages: Mapping[str, StageSpec]) -> dict[str, tuple[str, ...]]:
     grouped: dict[str, list[str]] = {}
     for sid in order:
-        grouped.setdefault(stages[sid].agent, []).append(sid)
+        agent = stages[sid].agent
+        if agent is not None:
+            grouped.setdefault(agent, []).append(sid)
     return {agent: tuple(ids) for agent, ids in grouped.items()}
 
 
@@ -212,6 +216,12 @@ def _audit_stage(
 
     audit_id = audits[0]
     index = first_index[audit_id]
+    if stages[audit_id].continue_on_failure:
+        raise WorkflowError(
+            f"the audit stage {audit_id!r} can't continue_on_failure: a run succeeds only through a passing audit",
+            location=workflow.locate("stages", index, "continue_on_failure"),
+            hint="remove continue_on_failure from the audit stage",
+        )
     after = sorted(graph.successors(audit_id))
     if after:
         raise WorkflowError(

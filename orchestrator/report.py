@@ -43,24 +43,37 @@ def _cell(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split())
 
 
+def _names(ids: list[str]) -> str:
+    return ", ".join(ids)
+
+
 def _headline(state: RunState) -> str:
     counts = state.counts()
     if state.status == "running":
-        done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
+        done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "skipped"))
         return f"running: {done} of {len(state.stages)} stages done, {counts.get('running', 0)} running"
     if state.status == "succeeded":
-        return "succeeded: every stage succeeded and the audit passed"
+        rounds = f" (after {len(state.rounds)} audit rounds)" if len(state.rounds) > 1 else ""
+        return f"succeeded: every stage succeeded and the audit passed{rounds}"
     if state.status == "interrupted":
         return "interrupted before it finished"
+    if state.status == "waiting_approval":
+        waiting = [s.id for s in state.stages.values() if s.status == "waiting_approval"]
+        return f"waiting for approval: {_names(waiting)}"
+    if state.status == "budget_exceeded":
+        return f"stopped at its budget of {format_cost(state.budget_usd)}: {format_cost(state.cost_usd)} spent"
+    if state.status == "partial":
+        return "partly run: only the stages asked for ran"
     if counts.get("failed"):
         failed = [s.id for s in state.stages.values() if s.status == "failed"]
-        return f"failed: {', '.join(failed)} failed" + (
+        return f"failed: {_names(failed)} failed" + (
             f", {counts['skipped']} stage{'s' if counts['skipped'] > 1 else ''} skipped"
             if counts.get("skipped")
             else ""
         )
     if state.audit is not None and state.audit.verdict == "fail":
-        return f"failed: the audit said fail ({len(state.audit.findings)} findings)"
+        rounds = f" after {len(state.rounds)} rounds" if len(state.rounds) > 1 else ""
+        return f"failed: the audit said fail{rounds} ({len(state.audit.findings)} findings)"
     return "failed"
 
 
@@ -74,7 +87,29 @@ def next_steps(state: RunState) -> list[str]:
             "Review the stage outputs in `stages/` and the changes in your working tree, then commit them.",
         ]
     if state.status == "interrupted":
-        return [f"Run {rerun} again to start over."]
+        return [f"Continue with {rerun}: finished stages are kept, the interrupted ones run again."]
+    if state.status == "waiting_approval":
+        gate_steps: list[str] = []
+        for stage in state.stages.values():
+            if stage.status != "waiting_approval":
+                continue
+            what = f"read `{stage.output}`, then " if stage.output else ""
+            message = f" ({stage.approval.message})" if stage.approval and stage.approval.message else ""
+            gate_steps.append(
+                f"Stage `{stage.id}` waits for approval{message}: {what}run "
+                f"`orchestrate approve {state.task} {stage.id} [--note TEXT]` or "
+                f"`orchestrate reject {state.task} {stage.id} --note TEXT`."
+            )
+        gate_steps.append(f"Then continue with {rerun}.")
+        return gate_steps
+    if state.status == "budget_exceeded":
+        return [
+            f"{state.note}." if state.note else "The run's budget is spent.",
+            f"Raise `budget.usd` in the workflow (or pass `--budget USD`), then continue with {rerun}; "
+            "finished stages are kept.",
+        ]
+    if state.status == "partial":
+        return [f"Run {rerun} to bring the stages downstream up to date."]
     steps: list[str] = []
     failed = [s for s in state.stages.values() if s.status == "failed"]
     for stage in failed:
@@ -86,8 +121,28 @@ def next_steps(state: RunState) -> list[str]:
             + (f" (stages {', '.join(f'`{o}`' for o in owners)})" if owners else "")
             + "."
         )
-    steps.append(f"Then run {rerun} again (the run starts over).")
+    steps.append(
+        f"Then run {rerun} again: unchanged finished stages are kept; `--from STAGE` redoes a stage and "
+        "what follows it."
+    )
     return steps
+
+
+def _detail(stage: StageState) -> str:
+    if stage.status == "waiting_approval":
+        message = stage.approval.message if stage.approval and stage.approval.message else "waiting for approval"
+        link = f" — [{stage.output}]({stage.output})" if stage.output else ""
+        return _cell(message) + link
+    if stage.output and stage.status == "succeeded":
+        kept = f" (kept from run `{stage.from_run}`)" if stage.reused and stage.from_run else ""
+        approved = ""
+        if stage.approval is not None and stage.approval.status == "approved":
+            approved = " — approved" + (f" by {stage.approval.by}" if stage.approval.by else "")
+        return f"[{stage.output}]({stage.output}){kept}{approved}"
+    if stage.gate and stage.approval is not None and stage.approval.status == "approved":
+        who = f" by {stage.approval.by}" if stage.approval.by else ""
+        return _cell(f"approved{who}" + (f": {stage.approval.note}" if stage.approval.note else ""))
+    return _cell(stage.error or "")
 
 
 def render_markdown(state: RunState) -> str:
@@ -101,6 +156,10 @@ def render_markdown(state: RunState) -> str:
         lines.append("- Params: " + ", ".join(f"`{k}` = {_cell(repr(v))}" for k, v in state.params.items()))
     lines.append(f"- Started {state.started}" + (f", finished {state.finished}" if state.finished else ""))
     lines.append(f"- Duration: {format_duration(state.duration)}; tokens: {total}")
+    if state.budget_usd is not None:
+        lines.append(f"- Budget: {format_cost(state.budget_usd)}, {format_cost(state.cost_usd)} spent")
+    if state.resumed:
+        lines.append(f"- Continued {state.resumed} time{'s' if state.resumed > 1 else ''} after stopping")
     if state.offline:
         lines.append("- Offline run: no model was called; outputs are placeholders or canned replies.")
     if state.command:
@@ -109,7 +168,7 @@ def render_markdown(state: RunState) -> str:
     lines.append("| Stage | Agent | Model | Status | Attempts | Duration | Tokens | Cost | Output or reason |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for stage in state.stages.values():
-        detail = f"[{stage.output}]({stage.output})" if stage.output else _cell(stage.error or "")
+        detail = _detail(stage)
         lines.append(
             f"| `{stage.id}` | {stage.agent} | {stage.model} | {stage.status} | {len(stage.attempts) or ''} | "
             f"{format_duration(stage.duration) if stage.duration is not None else ''} | "
@@ -120,7 +179,7 @@ def render_markdown(state: RunState) -> str:
         name=state.workflow,
         order=list(state.stages),
         needs={s.id: s.needs for s in state.stages.values()},
-        agents={s.id: s.agent for s in state.stages.values()},
+        agents={s.id: s.agent or "approval" for s in state.stages.values()},
         audit_stage=state.audit_stage,
     )
     status = {s.id: s.status for s in state.stages.values()}
@@ -141,6 +200,11 @@ def render_markdown(state: RunState) -> str:
                 )
         if verdict.checklist:
             lines += ["", "Checklist: " + ", ".join(f"{c.item} {c.result}" for c in verdict.checklist) + "."]
+    if len(state.rounds) > 1 or (state.rounds and state.rounds[-1].rework):
+        lines += ["", f"Rounds (at most {state.max_rounds}):", ""]
+        for item in state.rounds:
+            sent = f"; sent back {', '.join(item.rework)}" if item.rework else ""
+            lines.append(f"{item.round}. {item.verdict} — {item.findings} findings{sent}. {_cell(item.summary)}")
     lines += ["", "## What next", ""]
     lines += [f"- {step}" for step in next_steps(state)]
     return "\n".join(lines) + "\n"
@@ -152,12 +216,19 @@ def summary_lines(state: RunState, folder: str) -> list[str]:
     lines = [f"{state.workflow}: {state.task}: {_headline(state)}", ""]
     for stage in state.stages.values():
         tokens = format_tokens(stage) if stage.attempts else ""
-        extra = f"  {stage.error}" if stage.error and stage.status in ("failed", "skipped") else ""
-        took = format_duration(stage.duration) if stage.duration is not None else ""
-        lines.append(f"  {stage.id:<{width}}  {stage.status:<9}  {took:>8}  {tokens}{extra}".rstrip())
+        extra = f"  {stage.error}" if stage.error and stage.status in ("failed", "skipped", "interrupted") else ""
+        if stage.status == "succeeded" and stage.reused:
+            extra = f"  kept ({stage.reason})" if stage.reason else "  kept"
+        elif stage.status == "waiting_approval":
+            extra = f"  {stage.approval.message}" if stage.approval and stage.approval.message else ""
+        took = format_duration(stage.duration) if stage.duration is not None and not stage.reused else ""
+        status = stage.status.replace("_", " ")
+        lines.append(f"  {stage.id:<{width}}  {status:<16}  {took:>8}  {tokens}{extra}".rstrip())
     lines.append("")
+    budget = f" of a {format_cost(state.budget_usd)} budget" if state.budget_usd is not None else ""
     lines.append(
-        f"Total: {format_duration(state.duration)}, {format_tokens(state)}, estimated {format_cost(state.cost_usd)}"
+        f"Total: {format_duration(state.duration)}, {format_tokens(state)}, estimated "
+        f"{format_cost(state.cost_usd)}{budget}"
     )
     if state.audit is not None:
         lines.append(f"Audit: {state.audit.verdict}: {state.audit.summary}")

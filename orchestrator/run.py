@@ -1,39 +1,64 @@
 """A run of a task, from the command's inputs to a finished state folder.
 
 ``prepare_run`` does every check that needs no API (the workflow and its
-templates, params, the task name, canned responses) and raises before anything
-is written. ``run_prepared`` starts the state folder, builds each stage's
-request (system prompt = the agent's compiled instructions, the same text as in
-the generated configs; user message = the task, the params, the upstream
-outputs and the rendered stage prompt) and hands the plan to the engine.
+templates, params, the task name, stage names, canned responses, the budget)
+and raises before anything is written. ``run_async`` takes the task's lock,
+reads what earlier runs left (``recover_state``), decides whether this run
+continues the stored one (it stopped: interrupted, killed, paused at a gate,
+out of budget) or starts a new one (it had finished), and hands the plan to
+the engine with a ``Memo`` (unchanged stages keep their outputs) and the
+approval gates. The request of a stage: system prompt = the agent's compiled
+instructions, the same text as in the generated configs; user message = the
+task, the params, the upstream outputs, approval notes, audit findings sent
+back, and the rendered stage prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import json
 import shlex
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audit import verdict_schema
+from .approvals import Approvals
+from .audit import Finding, verdict_schema
 from .compiler import Compiled, compile_workflow
-from .cost import estimate
-from .engine import EngineOptions, RunOutcome, StageOutcome, execute
+from .cost import estimate, estimate_range, price_for
+from .engine import EngineOptions, Progress, RunControl, RunOutcome, StageInput, execute
 from .errors import StateError, UsageError
 from .events import Listener
+from .fingerprint import Memo, Record, digest, request_fingerprint
 from .loader import load_mapping
+from .lock import TaskLock
 from .params import check_task, parse_param_args, resolve_params
 from .project import Project
 from .report import render_markdown
 from .runners import Runner, StageRequest
 from .runners.offline import OfflineRunner, check_responses
-from .state import RunState, StageState, StateStore, timestamp
+from .state import RunState, StageState, StateStore, recover_state, timestamp
 
-__all__ = ["PreparedRun", "RunRequest", "initial_state", "prepare_run", "request_builder", "run_async", "run_prepared"]
+__all__ = [
+    "PreparedRun",
+    "RunRequest",
+    "Session",
+    "changes_since",
+    "initial_state",
+    "load_previous",
+    "prepare_run",
+    "request_builder",
+    "run_async",
+    "run_prepared",
+    "start_session",
+]
+
+# A stored run that ended in one of these is continued by the next `orchestrate run`; any other starts anew.
+RESUMABLE = frozenset({"running", "interrupted", "waiting_approval", "budget_exceeded", "partial"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,11 @@ class RunRequest:
     offline: bool = False
     responses_file: Path | None = None
     latency: float = 0.0
+    force: bool = False
+    from_stages: Sequence[str] = ()
+    only: Sequence[str] = ()
+    approve_all: bool = False
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,10 +90,16 @@ class PreparedRun:
     offline: bool
     responses: dict[str, Any]
     latency: float
+    force: bool = False
+    from_stages: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+    approve_all: bool = False
+    budget_usd: float | None = None
+    display: str = ""  # how messages name the state folder
 
     @property
     def command(self) -> str:
-        """The command that runs this again, as a user would type it from the project root."""
+        """The command that runs (or continues) this task, as a user would type it from the project root."""
         parts = ["orchestrate", "run", self.compiled.source, "--task", self.task]
         for name, value in self.params.items():
             parts += ["--param", f"{name}={_text(value)}"]
@@ -71,9 +107,34 @@ class PreparedRun:
             parts.append("--offline")
         return shlex.join(parts)
 
+    @property
+    def forced(self) -> dict[str, str]:
+        """Stages this run must redo whatever they hold, with the reason."""
+        plan = self.compiled.plan
+        if self.force:
+            return {sid: "--force" for sid in plan.order}
+        out: dict[str, str] = {}
+        for sid in self.from_stages:
+            for target in {sid} | plan.descendants({sid}):
+                out.setdefault(target, f"--from {sid}")
+        for sid in self.only:
+            out[sid] = f"--only {sid}"
+        return out
+
 
 def _text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_stages(plan_stages: Mapping[str, Any], names: Sequence[str], option: str) -> tuple[str, ...]:
+    for name in names:
+        if name not in plan_stages:
+            close = difflib.get_close_matches(name, list(plan_stages), n=1)
+            raise UsageError(
+                f"{option} {name}: the workflow has no stage {name!r}",
+                hint=f"did you mean {close[0]!r}?" if close else "stages: " + ", ".join(plan_stages),
+            )
+    return tuple(dict.fromkeys(names))
 
 
 def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> PreparedRun:
@@ -96,22 +157,187 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         check_responses(responses, plan.stages, shown)
     if request.latency < 0:
         raise UsageError("--latency can't be negative")
+    from_stages = _check_stages(plan.stages, request.from_stages, "--from")
+    only = _check_stages(plan.stages, request.only, "--only")
+    if sum(bool(x) for x in (request.force, from_stages, only)) > 1:
+        raise UsageError("use one of --force, --from and --only", hint="--force reruns everything")
+    budget = (
+        request.budget_usd
+        if request.budget_usd is not None
+        else (plan.workflow.budget.usd if plan.workflow.budget else None)
+    )
+    if budget is not None:
+        if budget <= 0:
+            raise UsageError(f"--budget must be more than 0 (got {budget:g})")
+        _check_priced(plan.workflow.pricing, [plan.model_for(sid) for sid in plan.order if plan.stages[sid].runs_agent])
+    for sid in plan.order:
+        stage_budget = plan.stages[sid].budget
+        if stage_budget is not None:
+            _check_priced(plan.workflow.pricing, [plan.model_for(sid)])
+    folder = project.state_root / task
     return PreparedRun(
         compiled=compiled,
         workflow_path=workflow_path,
         task=task,
         params=params,
         max_parallel=request.max_parallel or plan.workflow.defaults.max_parallel,
-        folder=project.state_root / task,
+        folder=folder,
         offline=request.offline,
         responses=responses,
         latency=request.latency,
+        force=request.force,
+        from_stages=from_stages,
+        only=only,
+        approve_all=request.approve_all,
+        budget_usd=budget,
+        display=project.display(folder),
     )
 
 
-def initial_state(prepared: PreparedRun, run_id: str, started: float) -> RunState:
+def _check_priced(pricing: Mapping[str, Any], models: Sequence[str]) -> None:
+    for model in dict.fromkeys(models):
+        if price_for(model, pricing) is None:
+            raise UsageError(
+                f"a budget is set, but orchestrate knows no price for model {model!r}, so it can't keep to it",
+                hint=f"add its price to the workflow: pricing: {{{model}: {{input: 3.0, output: 15.0}}}} (USD per "
+                "million tokens)",
+            )
+
+
+def load_previous(prepared: PreparedRun) -> RunState | None:
+    """What earlier runs of the task left (snapshot plus logged events), or None for a fresh task.
+
+    A state folder this version can't read stops the run (nothing is overwritten) unless ``--force``.
+    """
+    if not (prepared.folder / "state.json").exists():
+        return None
+    try:
+        return recover_state(prepared.folder, display=prepared.display)
+    except StateError as exc:
+        if prepared.force:
+            return None
+        exc.hint = (exc.hint + "; " if exc.hint else "") + "or start the task afresh with --force"
+        raise
+
+
+@dataclass
+class Session:
+    """How this run relates to the stored one."""
+
+    run_id: str
+    resume: bool
+    previous: RunState | None
+    memo: Memo
+    approvals: Approvals
+    feedback: dict[str, list[Finding]] = field(default_factory=dict)
+    spent_usd: float = 0.0
+    round: int = 1
+    changes: list[str] = field(default_factory=list)
+
+
+def _sources(prepared: PreparedRun) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for agent in prepared.compiled.rendered:
+        for name, data in agent.sources:
+            out[name] = digest(data.replace(b"\r\n", b"\n"))
+    return dict(sorted(out.items()))
+
+
+def changes_since(previous: RunState | None, prepared: PreparedRun) -> list[str]:
+    """What differs from the stored run, in words: files of the workflow and its templates, params."""
+    if previous is None:
+        return []
+    out: list[str] = []
+    if previous.workflow != prepared.compiled.plan.workflow.name:
+        out.append(f"the task was last run with workflow {previous.workflow!r}")
+    current = _sources(prepared)
+    before = previous.sources
+    edited = [name for name in current if name in before and before[name] != current[name]]
+    added = [name for name in current if name not in before]
+    removed = [name for name in before if name not in current]
+    if before:
+        if edited:
+            out.append("changed: " + ", ".join(edited))
+        if added:
+            out.append("new: " + ", ".join(added))
+        if removed:
+            out.append("no longer used: " + ", ".join(removed))
+    params = sorted(
+        name
+        for name in previous.params.keys() | prepared.params.keys()
+        if previous.params.get(name) != prepared.params.get(name)
+    )
+    if params:
+        out.append("params changed: " + ", ".join(params))
+    return out
+
+
+def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str | None = None) -> Session:
     plan = prepared.compiled.plan
-    return RunState(
+    same_workflow = previous is not None and previous.workflow == plan.workflow.name
+    resume = previous is not None and same_workflow and previous.status in RESUMABLE and not prepared.force
+    records: dict[str, Record] = {}
+    if previous is not None and same_workflow and not prepared.force:
+        for sid, stage in previous.stages.items():
+            rejected = None
+            if stage.approval is not None and stage.approval.status == "rejected":
+                rejected = stage.approval.note
+            records[sid] = Record(
+                status=stage.status,
+                fingerprint=stage.fingerprint,
+                inputs=stage.inputs,
+                output_sha256=stage.output_sha256,
+                run_id=stage.from_run or previous.run_id,
+                error=stage.error,
+                gate=stage.gate,
+                rejected=rejected,
+            )
+    feedback: dict[str, list[Finding]] = {}
+    if resume and previous is not None:
+        feedback = {sid: list(stage.feedback) for sid, stage in previous.stages.items() if stage.feedback}
+    return Session(
+        run_id=previous.run_id if resume and previous is not None else (run_id or uuid.uuid4().hex[:12]),
+        resume=resume,
+        previous=previous,
+        memo=Memo(prepared.folder, records, prepared.forced),
+        approvals=Approvals(prepared.folder, previous if same_workflow else None),
+        feedback=feedback,
+        spent_usd=(previous.cost_usd or 0.0) if resume and previous is not None else 0.0,
+        round=previous.round if resume and previous is not None else 1,
+        changes=changes_since(previous, prepared),
+    )
+
+
+def initial_state(prepared: PreparedRun, run_id: str, started: float, session: Session | None = None) -> RunState:
+    """The state a run starts from: a fresh one, or the stored run's carried on.
+
+    Stages keep what an earlier run recorded of them (their output's fingerprint
+    and digest above all) until the engine decides about them, so a run killed
+    at any moment still knows every finished stage.
+    """
+    plan = prepared.compiled.plan
+    previous = session.previous if session is not None else None
+    resume = session is not None and session.resume
+    same = previous is not None and previous.workflow == plan.workflow.name and not prepared.force
+    stages: dict[str, StageState] = {}
+    for sid in plan.order:
+        spec = plan.stages[sid]
+        fresh = StageState(
+            id=sid, agent=spec.agent or "", model=plan.model_for(sid), needs=list(spec.needs), gate=not spec.runs_agent
+        )
+        old = previous.stages.get(sid) if previous is not None and same else None
+        if old is not None:
+            keep = {"status", "reason", "reused", "from_run", "round", "output", "fingerprint", "inputs"}
+            keep |= {"output_sha256", "error", "approval", "started", "finished", "duration"}
+            if resume:
+                keep |= {"tries", "attempts", "tokens", "cost_usd", "feedback"}
+            fresh = fresh.model_copy(update={name: getattr(old, name) for name in keep})
+            if fresh.status == "running":  # the process that ran it is gone
+                fresh.status = "interrupted"
+            if not resume and old.status == "succeeded" and not old.reused:
+                fresh.from_run = old.from_run or previous.run_id  # type: ignore[union-attr]
+        stages[sid] = fresh
+    state = RunState(
         run_id=run_id,
         workflow=plan.workflow.name,
         workflow_file=prepared.compiled.source,
@@ -122,14 +348,18 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float) -> RunStat
         offline=prepared.offline,
         max_parallel=prepared.max_parallel,
         started=timestamp(started),
+        budget_usd=prepared.budget_usd,
         audit_stage=plan.audit_stage,
-        stages={
-            sid: StageState(
-                id=sid, agent=plan.stages[sid].agent, model=plan.model_for(sid), needs=list(plan.stages[sid].needs)
-            )
-            for sid in plan.order
-        },
+        max_rounds=plan.workflow.audit.max_rounds,
+        sources=_sources(prepared),
+        stages=stages,
     )
+    if resume and previous is not None:
+        state.started = previous.started
+        state.resumed = previous.resumed + 1
+        state.tokens, state.cost_usd = previous.tokens, previous.cost_usd
+        state.rounds, state.round, state.audit = previous.rounds, previous.round, previous.audit
+    return state
 
 
 def run_prepared(
@@ -140,11 +370,20 @@ def run_prepared(
     clock: Callable[[], float] = time.time,
     run_id: str | None = None,
     flush_interval: float = 0.25,
+    control: RunControl | None = None,
+    on_start: Callable[[Session], None] | None = None,
 ) -> RunOutcome:
-    """Run the task to the end (or until interrupted) and leave its state folder complete."""
+    """Run the task to the end (or until interrupted or paused) and leave its state folder complete."""
     return asyncio.run(
         run_async(
-            prepared, listeners=listeners, runner=runner, clock=clock, run_id=run_id, flush_interval=flush_interval
+            prepared,
+            listeners=listeners,
+            runner=runner,
+            clock=clock,
+            run_id=run_id,
+            flush_interval=flush_interval,
+            control=control,
+            on_start=on_start,
         )
     )
 
@@ -157,34 +396,53 @@ async def run_async(
     clock: Callable[[], float] = time.time,
     run_id: str | None = None,
     flush_interval: float = 0.25,
+    control: RunControl | None = None,
+    on_start: Callable[[Session], None] | None = None,
 ) -> RunOutcome:
     plan = prepared.compiled.plan
-    run_id = run_id or uuid.uuid4().hex[:12]
     if runner is None:
         runner = _default_runner(prepared)
-    _clear_previous_outputs(prepared.folder)
-    store = StateStore(
-        prepared.folder, initial_state(prepared, run_id, clock()), render_markdown, flush_interval=flush_interval
-    )
-    chosen = runner
-    pricing = plan.workflow.pricing
-    try:
-        return await execute(
-            plan,
-            build_request=request_builder(prepared),
-            runner_for=lambda sid: chosen,
-            listeners=[store, *listeners],
-            options=EngineOptions(
-                max_parallel=prepared.max_parallel,
-                stage_timeout=plan.workflow.defaults.timeout,
-                run_id=run_id,
-                task=prepared.task,
-            ),
-            price=lambda usage, model: estimate(usage, model, pricing),
-            clock=clock,
+    with TaskLock(prepared.folder, prepared.command, display=prepared.display):
+        previous = load_previous(prepared)
+        session = start_session(prepared, previous, run_id)
+        if on_start is not None:
+            on_start(session)
+        store = StateStore(
+            prepared.folder,
+            initial_state(prepared, session.run_id, clock(), session),
+            render_markdown,
+            flush_interval=flush_interval,
         )
-    finally:
-        store.close()
+        chosen = runner
+        pricing = plan.workflow.pricing
+        try:
+            return await execute(
+                plan,
+                build_request=request_builder(prepared, previous if session.memo.records else None),
+                runner_for=lambda sid: chosen,
+                listeners=[store, *listeners],
+                options=EngineOptions(
+                    max_parallel=prepared.max_parallel,
+                    stage_timeout=plan.workflow.defaults.timeout,
+                    run_id=session.run_id,
+                    task=prepared.task,
+                    budget_usd=prepared.budget_usd,
+                    spent_usd=session.spent_usd,
+                    max_rounds=plan.workflow.audit.max_rounds,
+                    round=session.round,
+                    approve_all=prepared.approve_all,
+                    only=frozenset(prepared.only) if prepared.only else None,
+                    resumed=session.resume,
+                ),
+                price=lambda usage, model: estimate(usage, model, pricing),
+                clock=clock,
+                memory=session.memo,
+                gates=session.approvals,
+                feedback=session.feedback,
+                control=control,
+            )
+        finally:
+            store.close()
 
 
 def _default_runner(prepared: PreparedRun) -> Runner:
@@ -195,31 +453,65 @@ def _default_runner(prepared: PreparedRun) -> Runner:
     return AnthropicRunner()
 
 
-def _clear_previous_outputs(folder: Path) -> None:
-    """A new run starts over: outputs of an earlier run must not pass for this one's."""
-    stages = folder / "stages"
-    if not stages.is_dir():
-        return
-    try:
-        for path in stages.iterdir():
-            if path.suffix in (".md", ".json") and path.is_file():
-                path.unlink()
-    except OSError as exc:
-        raise StateError(f"can't clear {stages}: {exc.strerror or exc}") from exc
+def request_builder(prepared: PreparedRun, previous: RunState | None = None) -> Callable[[str, Progress], StageInput]:
+    """The function the engine calls to build a stage's input once its needs are done.
 
-
-def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageOutcome]], StageRequest]:
-    """The function the engine calls to build a stage's request once its needs are done."""
+    ``previous`` is the stored state: a stage whose last output a person rejected
+    is told so (and why) when it runs again.
+    """
     plan = prepared.compiled.plan
     workflow = plan.workflow
-    instructions = {agent.agent: agent.text for agent in prepared.compiled.rendered if not agent.coordinator}
+    rendered = {agent.agent: agent for agent in prepared.compiled.rendered if not agent.coordinator}
+    agent_inputs = {
+        name: {"system": digest(agent.text), **{f"source:{src}": digest(data) for src, data in agent.sources}}
+        for name, agent in rendered.items()
+    }
     schema = verdict_schema()
+    settings = {
+        audit: digest(json.dumps([workflow.defaults.max_tokens, schema if audit else None], sort_keys=True))
+        for audit in (True, False)
+    }
     folder = f"docs/ai/{prepared.task}"
     models = {sid: plan.model_for(sid) for sid in plan.order}
     checker = prepared.compiled.renderer.checker
+    params_inputs = {f"param:{k}": digest(repr(v)) for k, v in prepared.params.items()}
+    if prepared.offline:  # canned replies stand in for the model: a different script is a different model
+        runner_keys = {
+            sid: "offline:" + digest(json.dumps(prepared.responses.get(sid), sort_keys=True, default=str))
+            for sid in plan.order
+        }
+    else:
+        runner_keys = dict.fromkeys(plan.order, "anthropic")
+    rejected: dict[str, str] = {}
+    if previous is not None:
+        for sid, stage in previous.stages.items():
+            if stage.approval is not None and stage.approval.status == "rejected":
+                rejected[sid] = stage.approval.note
+    ancestors: dict[str, set[str]] = {}
 
-    def build(sid: str, outcomes: Mapping[str, StageOutcome]) -> StageRequest:
+    def approvals_above(sid: str, progress: Progress) -> list[str]:
+        if not progress.decisions:
+            return []
+        if sid not in ancestors:
+            ancestors[sid] = plan.ancestors(sid)
+        above = ancestors[sid]
+        needs = set(plan.stages[sid].needs)
+        return [
+            gate
+            for gate in plan.order
+            if gate in progress.decisions
+            and gate in above
+            and (progress.decisions[gate].note or (gate in needs and not plan.stages[gate].runs_agent))
+        ]
+
+    def build(sid: str, progress: Progress) -> StageInput:
         stage = plan.stages[sid]
+        outcomes = progress.outcomes
+        if not stage.runs_agent:  # an approval gate: what flowed into it is what a person approves
+            gate_inputs = {f"need:{n}": digest(outcomes[n].output) for n in stage.needs}
+            gate_inputs["message"] = digest(stage.approval_message)
+            return StageInput.gate(gate_inputs)
+        agent = stage.agent or ""
         audit = sid == plan.audit_stage
         referenced = checker.stages_read(sid)
         prompt = ""
@@ -228,7 +520,7 @@ def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageO
                 "params": prepared.params,
                 "task": prepared.task,
                 "workflow": {"name": workflow.name, "description": workflow.description},
-                "stage": {"id": sid, "agent": stage.agent, "model": models[sid]},
+                "stage": {"id": sid, "agent": agent, "model": models[sid]},
                 "stages": {
                     other: {
                         "output": outcomes[other].output,
@@ -239,9 +531,16 @@ def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageO
                 },
             }
             prompt = prepared.compiled.renderer.render_prompt(sid, values)
-        shown = [o for o in plan.order if o != sid] if audit else stage.needs
-        if referenced:
-            shown = [o for o in shown if o not in referenced]
+        shown = [o for o in plan.order if o != sid and plan.stages[o].runs_agent] if audit else stage.needs
+        shown = [o for o in shown if o not in referenced and plan.stages[o].runs_agent]
+        inputs: dict[str, str] = {
+            **agent_inputs[agent],
+            "model": models[sid],
+            "settings": settings[audit],
+            "runner": runner_keys[sid],
+            "template": digest(stage.prompt or ""),
+            **params_inputs,
+        }
         parts = [f"# Task `{prepared.task}`: stage `{sid}` of workflow `{workflow.name}`"]
         if audit:
             parts.append(
@@ -252,8 +551,46 @@ def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageO
         if prepared.params:
             parts.append("## Params\n\n" + "\n".join(f"- {k}: {_text(v)}" for k, v in prepared.params.items()))
         for other in shown:
-            text = outcomes[other].output.strip() if other in outcomes else ""
-            parts.append(f"## Output of stage `{other}` ({folder}/stages/{other}.md)\n\n{text or '(empty)'}")
+            outcome = outcomes.get(other)
+            if outcome is not None and outcome.status == "failed":
+                text = f"(stage `{other}` failed: {outcome.error}; it may continue on failure, so work around it)"
+                parts.append(f"## Stage `{other}` failed\n\n{text}")
+            else:
+                text = outcome.output.strip() if outcome is not None else ""
+                parts.append(f"## Output of stage `{other}` ({folder}/stages/{other}.md)\n\n{text or '(empty)'}")
+            inputs[f"need:{other}"] = digest(parts[-1])
+        for other in referenced:
+            inputs[f"need:{other}"] = digest(outcomes[other].output if other in outcomes else "")
+        for gate in approvals_above(sid, progress):
+            decision = progress.decisions[gate]
+            who = f" by {decision.by}" if decision.by else ""
+            parts.append(
+                f"## Approval of stage `{gate}`\n\nApproved{who}."
+                + (f" Note: {decision.note}" if decision.note else "")
+            )
+            inputs[f"note:{gate}"] = digest(decision.note)
+        findings = progress.feedback.get(sid)
+        if findings:
+            lines = [
+                f"- [{f.severity}] {f.title}"
+                + (f" — evidence: {f.evidence}" if f.evidence else "")
+                + (f" — fix: {f.fix}" if f.fix else "")
+                for f in findings
+            ]
+            parts.append(
+                f"## The audit sent this stage back (round {progress.round})\n\n"
+                "Your earlier output did not pass the audit. Address every finding below, and say how.\n\n"
+                + "\n".join(lines)
+            )
+            inputs["feedback"] = digest(parts[-1])
+        if sid in rejected:
+            note = rejected[sid]
+            parts.append(
+                "## Your previous output was rejected\n\nA person reviewed it and rejected it"
+                + (f": {note}" if note else ".")
+                + " Do the stage again with that in mind."
+            )
+            inputs["rejected"] = digest(note)
         if prompt.strip():
             task_text = prompt.strip()
         elif audit:
@@ -266,15 +603,20 @@ def request_builder(prepared: PreparedRun) -> Callable[[str, Mapping[str, StageO
                 "assign to it, as your instructions describe."
             )
         parts.append("## Your stage\n\n" + task_text)
-        return StageRequest(
+        message = "\n\n".join(parts) + "\n"
+        inputs["message"] = digest(message)
+        request = StageRequest(
             stage_id=sid,
-            agent=stage.agent,
+            agent=agent,
             model=models[sid],
-            system=instructions[stage.agent],
-            prompt="\n\n".join(parts) + "\n",
+            system=rendered[agent].text,
+            prompt=message,
             max_tokens=workflow.defaults.max_tokens,
             task=prepared.task,
             structured=schema if audit else None,
         )
+        cost = estimate_range(len(request.system) + len(message), request.max_tokens, models[sid], workflow.pricing)
+        fingerprint = digest(request_fingerprint(request) + runner_keys[sid], 64)
+        return StageInput(request, inputs, fingerprint, cost[0] if cost else 0.0)
 
     return build

@@ -28,28 +28,47 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .audit import Verdict
+from .audit import Finding, Verdict
 from .errors import StateError
 from .events import (
+    ApprovalDecided,
+    ApprovalRequested,
     AttemptFinished,
+    AuditRound,
     Event,
     RunFinished,
     RunStarted,
     StageFailed,
+    StageReused,
+    StageRetrying,
     StageSkipped,
     StageStarted,
     StageSucceeded,
+    from_json,
     to_json,
 )
 from .fileio import atomic_write
 from .runners import Usage
 
-__all__ = ["SCHEMA_VERSION", "RunState", "StageState", "StateStore", "Tokens", "load_state", "timestamp"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ApprovalState",
+    "RoundState",
+    "RunState",
+    "StageState",
+    "StateStore",
+    "Tokens",
+    "apply_event",
+    "load_state",
+    "read_events",
+    "recover_state",
+    "timestamp",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BATCH_DELAY = 0.005  # seconds the writer lets events gather before writing them
-StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
-RunStatus = Literal["running", "succeeded", "failed", "interrupted"]
+StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "waiting_approval", "interrupted"]
+RunStatus = Literal["running", "succeeded", "failed", "interrupted", "waiting_approval", "budget_exceeded", "partial"]
 
 
 def timestamp(epoch: float) -> str:
@@ -83,12 +102,41 @@ class AttemptState(BaseModel):
     request_id: str | None = None
 
 
+class ApprovalState(BaseModel):
+    """A gate's decision, bound to the exact output (fingerprint and digest) a person saw."""
+
+    status: Literal["waiting", "approved", "rejected"]
+    message: str = ""
+    note: str = ""
+    by: str | None = None
+    decided: str | None = None
+    fingerprint: str = ""
+    output_sha256: str = ""
+
+
+class RoundState(BaseModel):
+    """One audit round: its verdict and the stages it sent back."""
+
+    round: int
+    verdict: str
+    summary: str = ""
+    findings: int = 0
+    rework: list[str] = Field(default_factory=list)
+    finished: str
+
+
 class StageState(BaseModel):
     id: str
     agent: str
     model: str
     needs: list[str] = Field(default_factory=list)
+    gate: bool = False  # a pure approval stage: no agent runs it
     status: StageStatus = "pending"
+    reason: str | None = None  # why it ran, or why its earlier output was kept
+    reused: bool = False
+    from_run: str | None = None  # the run that produced a kept output
+    round: int = 1
+    tries: int = 0
     attempts: list[AttemptState] = Field(default_factory=list)
     started: str | None = None
     finished: str | None = None
@@ -96,7 +144,12 @@ class StageState(BaseModel):
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float | None = 0.0
     output: str | None = None
+    fingerprint: str | None = None  # of the request that produced ``output``
+    inputs: dict[str, str] = Field(default_factory=dict)  # what went into it, to say what changed
+    output_sha256: str | None = None
     error: str | None = None
+    approval: ApprovalState | None = None
+    feedback: list[Finding] = Field(default_factory=list)  # audit findings it was sent back with
 
 
 class RunState(BaseModel):
@@ -113,13 +166,21 @@ class RunState(BaseModel):
     offline: bool = False
     max_parallel: int = 1
     status: RunStatus = "running"
+    note: str = ""  # why the run stopped early, in words
     started: str
     finished: str | None = None
     duration: float | None = None
+    resumed: int = 0  # times this run was continued after stopping
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float | None = 0.0
+    budget_usd: float | None = None
     audit_stage: str
     audit: Verdict | None = None
+    round: int = 1
+    max_rounds: int = 1
+    rounds: list[RoundState] = Field(default_factory=list)
+    sources: dict[str, str] = Field(default_factory=dict)  # sha256 of each workflow, template and context file
+    log_offset: int = 0  # bytes of events.jsonl this snapshot includes
     stages: dict[str, StageState]
 
     def counts(self) -> dict[str, int]:
@@ -152,12 +213,52 @@ def load_state(folder: Path, *, display: str | None = None) -> RunState:
     if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
         raise StateError(
             f"{named} has schema version {data.get('schema_version')!r}; this orchestrate reads {SCHEMA_VERSION}",
-            hint="upgrade orchestrate, or start the task afresh",
+            hint="upgrade orchestrate, or start the task afresh with: orchestrate run <workflow> --task <task> --force",
         )
     try:
         return RunState.model_validate(data)
     except ValidationError as exc:
         raise StateError(f"{named} does not hold a valid run state: {exc.errors()[0]['msg']}") from None
+
+
+def read_events(folder: Path, offset: int = 0) -> list[tuple[int, Event]]:
+    """The events of ``events.jsonl`` from byte ``offset`` on, each with the offset just past it.
+
+    A line that does not parse (a torn last line after a power cut) ends the list.
+    """
+    try:
+        with open(folder / "events.jsonl", "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return []
+    out: list[tuple[int, Event]] = []
+    position = offset
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        position += len(line)
+        try:
+            out.append((position, from_json(json.loads(line))))
+        except ValueError:
+            break
+    return out
+
+
+def recover_state(folder: Path, *, display: str | None = None) -> RunState:
+    """The latest state of a task: ``state.json`` plus the events logged after it was written.
+
+    ``state.json`` is rewritten a few times a second; events are logged as they
+    happen. After a crash, the log's tail tells what the snapshot missed (a stage
+    that finished just before the kill), so nothing finished is done twice.
+    """
+    state = load_state(folder, display=display)
+    for position, event in read_events(folder, state.log_offset):
+        if isinstance(event, RunStarted):
+            break  # a later run began but never wrote its first snapshot: what we have is the latest
+        apply_event(state, event)
+        state.log_offset = position
+    return state
 
 
 def _added(tokens: Tokens, cost: float | None, usage: Usage, more: float | None) -> tuple[Tokens, float | None]:
@@ -168,6 +269,122 @@ def _added(tokens: Tokens, cost: float | None, usage: Usage, more: float | None)
         cache_write=tokens.cache_write + usage.cache_write_tokens,
     )
     return total, (None if cost is None or more is None else round(cost + more, 6))
+
+
+def apply_event(state: RunState, event: Event) -> None:
+    """Bring ``state`` up to date with one event (the store's and recovery's one way to do it)."""
+    if isinstance(event, RunStarted):
+        state.status = "running"
+        state.round = event.round
+        return
+    if isinstance(event, RunFinished):
+        state.status = event.status  # type: ignore[assignment]
+        state.note = event.note
+        state.finished = timestamp(event.time)
+        state.duration = event.duration
+        return
+    if isinstance(event, AuditRound):
+        state.rounds.append(
+            RoundState(
+                round=event.round,
+                verdict=event.verdict,
+                summary=event.summary,
+                findings=event.findings,
+                rework=list(event.rework),
+                finished=timestamp(event.time),
+            )
+        )
+        if event.rework:
+            state.round = event.round + 1
+        return
+    stage = state.stages[event.stage]
+    if isinstance(event, StageStarted):
+        stage.status = "running"
+        stage.reason = event.reason
+        stage.reused, stage.from_run = False, None
+        stage.started = timestamp(event.time)
+        stage.finished = stage.duration = stage.error = None
+        stage.model = event.model
+        stage.round = event.round
+        stage.tries = 1
+        # The earlier output no longer belongs to this stage's inputs.
+        stage.output = stage.fingerprint = stage.output_sha256 = None
+        stage.inputs = {}
+        if stage.approval is not None and stage.approval.status != "rejected":
+            stage.approval = None
+    elif isinstance(event, StageReused):
+        stage.status = "succeeded"
+        stage.reason = event.reason
+        stage.reused, stage.from_run = True, event.from_run
+        stage.fingerprint, stage.inputs = event.fingerprint, event.inputs
+        stage.output_sha256 = event.output_sha256
+        stage.output = None if stage.gate else f"stages/{event.stage}.md"
+        stage.error = None
+        if event.stage == state.audit_stage and event.data is not None:
+            state.audit = Verdict.model_validate(event.data)
+    elif isinstance(event, AttemptFinished):
+        record = event.attempt
+        stage.attempts.append(
+            AttemptState.model_construct(  # values from our own event: no need to validate them again
+                number=record.number,
+                started=timestamp(record.started),
+                duration=record.duration,
+                tokens=Tokens.of(record.usage),
+                cost_usd=event.cost_usd,
+                error=record.error,
+                status_code=record.status_code,
+                request_id=record.request_id,
+            )
+        )
+        # Stage and run totals follow every attempt, so an interrupted run still shows what it spent.
+        stage.tokens, stage.cost_usd = _added(stage.tokens, stage.cost_usd, record.usage, event.cost_usd)
+        state.tokens, state.cost_usd = _added(state.tokens, state.cost_usd, record.usage, event.cost_usd)
+    elif isinstance(event, StageRetrying):
+        stage.tries = event.attempt + 1
+        stage.error = f"try {event.attempt} failed: {event.error}"
+    elif isinstance(event, StageSucceeded):
+        stage.status = "succeeded"
+        stage.finished = timestamp(event.time)
+        stage.duration = event.duration
+        stage.error = None
+        stage.fingerprint, stage.inputs, stage.output_sha256 = event.fingerprint, event.inputs, event.output_sha256
+        if not stage.gate:
+            stage.output = f"stages/{event.stage}.md"
+        if event.stage == state.audit_stage and event.data is not None:
+            state.audit = Verdict.model_validate(event.data)
+    elif isinstance(event, StageFailed):
+        stage.status = "interrupted" if event.interrupted else "failed"
+        stage.finished = timestamp(event.time)
+        stage.duration = event.duration
+        stage.error = event.error
+    elif isinstance(event, StageSkipped):
+        stage.status = "skipped"
+        stage.error = event.reason
+    elif isinstance(event, ApprovalRequested):
+        stage.status = "waiting_approval"
+        stage.fingerprint, stage.output_sha256 = event.fingerprint, event.output_sha256
+        stage.approval = ApprovalState(
+            status="waiting",
+            message=event.message,
+            fingerprint=event.fingerprint,
+            output_sha256=event.output_sha256,
+        )
+    elif isinstance(event, ApprovalDecided):
+        stage.fingerprint = event.fingerprint
+        stage.approval = ApprovalState(
+            status="approved" if event.approved else "rejected",
+            message=stage.approval.message if stage.approval else "",
+            note=event.note,
+            by=event.by,
+            decided=timestamp(event.time),
+            fingerprint=event.fingerprint,
+            output_sha256=stage.output_sha256 or "",
+        )
+        if event.approved:
+            stage.status = "succeeded"
+        else:
+            stage.status = "failed"
+            stage.error = "rejected" + (f": {event.note}" if event.note else "")
 
 
 class StateStore:
@@ -198,6 +415,7 @@ class StateStore:
         try:
             (folder / "stages").mkdir(parents=True, exist_ok=True)
             self._events_fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._offset = os.lseek(self._events_fd, 0, os.SEEK_END)
         except OSError as exc:
             raise StateError(f"can't write the state folder {folder}: {exc.strerror or exc}") from exc
         self.flush()
@@ -259,67 +477,23 @@ class StateStore:
             self._error = exc
 
     def _handle(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            # The stage runs again: its earlier output no longer belongs to it, on disk as in the state.
+            for suffix in (".md", ".json"):
+                (self.folder / "stages" / f"{event.stage}{suffix}").unlink(missing_ok=True)
         if isinstance(event, StageSucceeded):
             # The output is on disk before any record says the stage succeeded.
             self.state.stages[event.stage].output = self._write_output(event)
         self._append(event)
-        self._apply(event)
+        apply_event(self.state, event)
 
     def _append(self, event: Event) -> None:
         if self._events_fd is None:
             return
-        line = json.dumps(to_json(event), separators=(",", ":"), default=str) + "\n"
+        line = (json.dumps(to_json(event), separators=(",", ":"), default=str) + "\n").encode("utf-8")
         # One write of a whole line to an O_APPEND file: a killed process leaves whole lines.
-        os.write(self._events_fd, line.encode("utf-8"))
-
-    def _apply(self, event: Event) -> None:
-        state = self.state
-        if isinstance(event, RunStarted):
-            state.status = "running"
-            return
-        if isinstance(event, RunFinished):
-            state.status = event.status  # type: ignore[assignment]
-            state.finished = timestamp(event.time)
-            state.duration = event.duration
-            state.tokens = Tokens.of(event.usage)
-            state.cost_usd = event.cost_usd
-            return
-        stage = state.stages[event.stage]
-        if isinstance(event, StageStarted):
-            stage.status = "running"
-            stage.started = timestamp(event.time)
-            stage.model = event.model
-        elif isinstance(event, AttemptFinished):
-            record = event.attempt
-            stage.attempts.append(
-                AttemptState.model_construct(  # values from our own event: no need to validate them again
-                    number=record.number,
-                    started=timestamp(record.started),
-                    duration=record.duration,
-                    tokens=Tokens.of(record.usage),
-                    cost_usd=event.cost_usd,
-                    error=record.error,
-                    status_code=record.status_code,
-                    request_id=record.request_id,
-                )
-            )
-            # Stage and run totals follow every attempt, so an interrupted run still shows what it spent.
-            stage.tokens, stage.cost_usd = _added(stage.tokens, stage.cost_usd, record.usage, event.cost_usd)
-            state.tokens, state.cost_usd = _added(state.tokens, state.cost_usd, record.usage, event.cost_usd)
-        elif isinstance(event, StageSucceeded):
-            stage.status = "succeeded"
-            stage.finished = timestamp(event.time)
-            stage.duration = event.duration
-            if event.stage == state.audit_stage and event.data is not None:
-                state.audit = Verdict.model_validate(event.data)
-        elif isinstance(event, StageFailed):
-            stage.status = "failed"
-            stage.finished = timestamp(event.time)
-            stage.duration = event.duration
-            stage.error = event.error
-        elif isinstance(event, StageSkipped):
-            stage.status = "skipped"
-            stage.error = event.reason
+        os.write(self._events_fd, line)
+        self._offset += len(line)
 
     def _write_output(self, event: StageSucceeded) -> str:
         rel = f"stages/{event.stage}.md"
@@ -341,5 +515,6 @@ class StateStore:
     def flush(self) -> None:
         """Write ``state.json`` and ``workflow-state.md`` (each atomically)."""
         self._last_flush = time.monotonic()
+        self.state.log_offset = self._offset
         self._write(self.folder / "state.json", (self.state.model_dump_json(indent=2) + "\n").encode("utf-8"))
         self._write(self.folder / "workflow-state.md", self.render_markdown(self.state).encode("utf-8"))

@@ -32,6 +32,8 @@ __all__ = [
     "AUDITOR_AGENT",
     "DEFAULT_MODEL",
     "AgentSpec",
+    "AuditPolicy",
+    "Budget",
     "ClaudeOptions",
     "Defaults",
     "GroupedWorkflow",
@@ -281,11 +283,69 @@ class AgentSpec(_Model):
         return self.template or f"{agent}.md"
 
 
-class StageSpec(_Model):
+class Budget(_Model):
+    """A spending limit in USD, counted over every attempt (failed, retried and cancelled ones too)."""
+
+    usd: float = Field(gt=0, le=1_000_000, description="Most USD the run (or the stage) may spend.")
+
+
+class AuditPolicy(_Model):
+    """How the audit gates the run."""
+
+    max_rounds: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="Audit rounds at most: after a failed audit, the stages its findings name (and their "
+        "descendants) rerun with the findings, then the audit runs again. 1 = no rework.",
+    )
+
+
+class _StagePolicy(_Model):
+    """What a stage does besides its text: gates, retries, limits. Shared by both workflow forms."""
+
+    type: Literal["agent", "approval"] = Field(
+        "agent", description="'agent' (default): an agent runs the stage. 'approval': a pure gate with no agent."
+    )
+    approval: bool | StrictStr = Field(
+        False,
+        description="Wait for a person's approval of the stage's output before anything downstream starts: "
+        "true, or the message to show them.",
+    )
+    retries: int = Field(
+        0, ge=0, le=10, description="Further tries after the stage fails (beyond the API client's own retries)."
+    )
+    timeout: float | None = Field(
+        None, gt=0, le=86_400, description="Seconds one try of the stage may take in all (default: defaults.timeout)."
+    )
+    continue_on_failure: bool = Field(
+        False, description="If the stage fails, its dependents still run and are told about the failure."
+    )
+    budget: Budget | None = Field(None, description="Most this stage may spend, every try counted.")
+
+    @property
+    def gated(self) -> bool:
+        return self.type == "approval" or self.approval is not False
+
+    @property
+    def approval_message(self) -> str:
+        return self.approval if isinstance(self.approval, str) else ""
+
+
+def _check_gate(type_: str, agent: str | None, values: Mapping[str, Any]) -> None:
+    if type_ == "approval":
+        extra = [key for key in ("agent", "prompt", "model", "retries") if values.get(key)]
+        if extra:
+            raise ValueError(f"an approval stage has no agent, so it takes no {', '.join(extra)}")
+    elif agent is None:
+        raise ValueError("a stage needs an agent (or type: approval for a gate a person approves)")
+
+
+class StageSpec(_StagePolicy):
     """One step of the workflow, run by one agent once its needs have succeeded."""
 
     id: StageId = Field(description="Unique stage id; defaults to the agent's name. Becomes a file name.")
-    agent: AgentName = Field(description="The agent that runs the stage.")
+    agent: AgentName | None = Field(None, description="The agent that runs the stage (none for type: approval).")
     needs: tuple[StageId, ...] = Field((), description="Stages that must succeed before this one starts.")
     description: str | None = Field(None, description="What the stage is for; shown to agents.")
     prompt: str | None = Field(
@@ -308,7 +368,12 @@ class StageSpec(_Model):
             if need in seen:
                 raise ValueError(f"needs lists {need!r} twice")
             seen.add(need)
+        _check_gate(self.type, self.agent, {k: getattr(self, k) for k in ("agent", "prompt", "model", "retries")})
         return self
+
+    @property
+    def runs_agent(self) -> bool:
+        return self.agent is not None
 
 
 @dataclass
@@ -367,6 +432,12 @@ class _WorkflowBase(_Model):
         default_factory=dict,
         description="USD prices for cost estimates, by model id or family (opus, sonnet, haiku).",
     )
+    budget: Budget | None = Field(
+        None, description="Most a run may spend; when the next stage would pass it, no new stage starts."
+    )
+    audit: AuditPolicy = Field(
+        default_factory=AuditPolicy, description="Audit policy: how many rounds of rework a failed audit may ask for."
+    )
 
     _source: SourceMap | None = PrivateAttr(default=None)
 
@@ -391,11 +462,11 @@ class Workflow(_WorkflowBase):
     stages: tuple[StageSpec, ...] = Field(description="The stages, joined into a DAG by their needs.")
 
 
-class PipelineStage(_Model):
+class PipelineStage(_StagePolicy):
     """A single stage in the grouped form."""
 
     stage: StageId | None = Field(None, description="Stage id; defaults to the agent's name.")
-    agent: AgentName = Field(description="The agent that runs the stage.")
+    agent: AgentName | None = Field(None, description="The agent that runs the stage (none for type: approval).")
     needs: tuple[StageId, ...] | None = Field(
         None, description="Stages this one waits for; defaults to every stage of the previous pipeline item."
     )
@@ -409,6 +480,9 @@ class PipelineStage(_Model):
     def _one_output_form(self) -> PipelineStage:
         if self.output is not None and self.outputs:
             raise ValueError("give either output: or outputs:, not both")
+        _check_gate(self.type, self.agent, {k: getattr(self, k) for k in ("agent", "prompt", "model", "retries")})
+        if self.stage is None and self.agent is None:
+            raise ValueError("an approval stage needs a stage: name")
         return self
 
 
@@ -450,9 +524,11 @@ class GroupedWorkflow(_WorkflowBase):
             current: list[str] = []
             for member, written in members:
                 aliases[("stages", len(stages))] = written
-                stage_id = member.stage or member.agent
+                stage_id = member.stage or member.agent or ""
+                policy = {name: getattr(member, name) for name in _StagePolicy.model_fields}
                 stages.append(
                     StageSpec(
+                        **policy,
                         id=stage_id,
                         agent=member.agent,
                         needs=member.needs if member.needs is not None else tuple(previous),

@@ -250,7 +250,7 @@ def test_the_installed_command_runs_against_the_fake(api: FakeAnthropic, feature
     assert proc.returncode == 0, proc.stderr + proc.stdout
     folder = feature.root / "docs/ai/login"
     saved = json.loads((folder / "state.json").read_text())
-    assert saved["schema_version"] == 1
+    assert saved["schema_version"] == 2
     assert [s["status"] for s in saved["stages"].values()] == ["succeeded"] * 5
     assert (folder / "stages/plan.md").read_text() == "PLAN\n"
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]

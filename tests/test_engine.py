@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.audit import verdict_schema
-from orchestrator.engine import EngineOptions, RunOutcome, StageOutcome, execute
+from orchestrator.engine import EngineOptions, Progress, RunOutcome, StageInput, execute
 from orchestrator.events import Event, RunFinished, StageFailed, StageSkipped, StageStarted, StageSucceeded
 from orchestrator.graph import Plan, build_plan
 from orchestrator.loader import parse_workflow
@@ -42,17 +42,19 @@ class Recorder:
 
 
 def build(plan: Plan):  # type: ignore[no-untyped-def]
-    def builder(sid: str, outcomes: Mapping[str, StageOutcome]) -> StageRequest:
-        upstream = {n: outcomes[n].output for n in plan.stages[sid].needs}
-        return StageRequest(
-            stage_id=sid,
-            agent=plan.stages[sid].agent,
-            model=plan.model_for(sid),
-            system="system",
-            prompt=json.dumps(upstream),
-            max_tokens=100,
-            task="t",
-            structured=verdict_schema() if sid == plan.audit_stage else None,
+    def builder(sid: str, progress: Progress) -> StageInput:
+        upstream = {n: progress.outcomes[n].output.strip() for n in plan.stages[sid].needs}
+        return StageInput.of(
+            StageRequest(
+                stage_id=sid,
+                agent=plan.stages[sid].agent,
+                model=plan.model_for(sid),
+                system="system",
+                prompt=json.dumps(upstream),
+                max_tokens=100,
+                task="t",
+                structured=verdict_schema() if sid == plan.audit_stage else None,
+            )
         )
 
     return builder

@@ -25,6 +25,11 @@ def feature(project: TempProject) -> TempProject:
     return project
 
 
+def lines(result: Any) -> list[str]:
+    """Output lines without the clock that starts each event line."""
+    return [line[10:] if line[:2].isdigit() and line[8:10] == "  " else line for line in result.out.splitlines()]
+
+
 def run_offline(project: TempProject, cli: CliRunner, *extra: str, task: str = "add-login") -> Any:
     return cli(
         "run",
@@ -53,7 +58,7 @@ def test_offline_run_leaves_a_complete_state_folder(feature: TempProject, cli: C
         "plan.md",
     ]
     state = json.loads((folder / "state.json").read_text())
-    assert state["schema_version"] == 1
+    assert state["schema_version"] == 2
     assert state["status"] == "succeeded" and state["offline"] is True
     assert state["params"] == {"goal": "Add a login page"}
     assert state["command"] == (
@@ -101,13 +106,28 @@ def test_json_output_is_one_event_per_line_and_nothing_else(feature: TempProject
     assert all("output" not in e for e in events)  # outputs live in stages/<id>.md
 
 
-def test_a_new_run_of_a_task_starts_over(feature: TempProject, cli: CliRunner, tmp_path: Path) -> None:
+def test_a_changed_stage_reruns_and_its_old_output_never_passes_for_the_new_one(
+    feature: TempProject, cli: CliRunner, tmp_path: Path
+) -> None:
     assert run_offline(feature, cli).code == 0
+    stages = feature.root / "docs/ai/add-login/stages"
+    first = {p.name: p.read_text() for p in stages.iterdir()}
     responses = tmp_path / "r.yaml"
     responses.write_text("plan: {fail: nope}\n")
-    assert run_offline(feature, cli, "--responses", str(responses)).code == 1
-    stages = feature.root / "docs/ai/add-login/stages"
-    assert sorted(p.name for p in stages.iterdir()) == []  # no output of the earlier run passes for this one's
+    second = run_offline(feature, cli, "--responses", str(responses))
+    assert second.code == 1
+    assert any(line.startswith("plan: started") and line.endswith("— canned replies changed") for line in lines(second))
+    assert not (stages / "plan.md").exists()  # the old plan is not this run's plan
+    state = json.loads((feature.root / "docs/ai/add-login/state.json").read_text())
+    assert state["stages"]["plan"]["status"] == "failed" and state["stages"]["plan"]["output"] is None
+    assert state["stages"]["backend"]["status"] == "skipped"
+    # Back to the first replies: plan runs again, gives the same output, and everything after it is kept.
+    third = run_offline(feature, cli)
+    assert third.code == 0
+    assert "plan: started" in third.out
+    for sid in ("backend", "frontend", "integrate", "audit"):
+        assert f"{sid}: kept (unchanged since run " in third.out
+    assert {p.name: p.read_text() for p in stages.iterdir()} == first
 
 
 def test_status_shows_the_saved_run(feature: TempProject, cli: CliRunner) -> None:

@@ -59,8 +59,10 @@ def coordinator_description(plan: Plan) -> str:
 def stage_dict(plan: Plan, stage: StageSpec) -> dict[str, Any]:
     return {
         "id": stage.id,
-        "agent": stage.agent,
-        "agent_config_name": config_name(plan.workflow.name, stage.agent),
+        "agent": stage.agent or "",
+        "agent_config_name": config_name(plan.workflow.name, stage.agent) if stage.agent else "",
+        "approval": stage.gated,
+        "approval_message": stage.approval_message,
         "needs": list(stage.needs),
         "dependents": list(plan.dependents[stage.id]),
         "description": stage.description or "",
@@ -142,7 +144,7 @@ def instruction_context(
             "coordinator": config_name(wf.name, COORDINATOR),
             "max_parallel": wf.defaults.max_parallel,
             "concurrent": wf.defaults.max_parallel > 1 and any(len(w) > 1 for w in plan.waves),
-            "agent_of": {sid: plan.stages[sid].agent for sid in plan.order},
+            "agent_of": {sid: plan.stages[sid].agent or "" for sid in plan.order},
             "index_of": {sid: index for index, sid in enumerate(plan.order)},
         },
         "agent": agent_ctx,

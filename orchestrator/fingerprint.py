@@ -1,0 +1,188 @@
+"""Fingerprints of stages, and the memory that lets a run skip what has not changed.
+
+A stage's fingerprint is a hash of the request it would send: the rendered
+instructions (system prompt), the user message (which holds the params, the
+needs' outputs, audit findings and approval notes), the model and the settings.
+Next to it a stage records its *inputs*, a short digest of each part, so when a
+fingerprint differs the reason can be said in words ("instructions changed:
+content/instructions/build.md", "upstream plan re-ran").
+
+``Memo`` answers one question for the engine: may this stage keep its earlier
+output? Only if it succeeded with the same fingerprint and its output file is
+still exactly what was written. Stale output is never handed to a changed stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .runners import StageRequest
+
+__all__ = ["Memo", "Recalled", "Record", "describe_change", "digest", "gate_fingerprint", "request_fingerprint"]
+
+
+def digest(data: str | bytes, size: int = 16) -> str:
+    """A short sha256 (hex) of text or bytes; ``size=64`` for the full hash."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()[:size]
+
+
+def request_fingerprint(request: StageRequest) -> str:
+    """The hash of everything a request sends (and nothing it does not, such as timestamps)."""
+    payload = {
+        "system": request.system,
+        "prompt": request.prompt,
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "structured": request.structured,
+    }
+    return digest(json.dumps(payload, sort_keys=True, ensure_ascii=False), 64)
+
+
+def gate_fingerprint(inputs: Mapping[str, str]) -> str:
+    """The hash of an approval gate: what flowed into it (its needs' outputs, its message)."""
+    return digest(json.dumps(dict(sorted(inputs.items()))), 64)
+
+
+_LABELS = (
+    # (input key prefix, how to say it changed); first match wins, in this order.
+    ("runner", "runner changed"),
+    ("model", "model changed"),
+    ("settings", "settings changed (max_tokens or the reply format)"),
+    ("source:", "instructions changed: {}"),
+    ("system", "instructions changed"),
+    ("param:", "param {} changed"),
+    ("template", "the stage's prompt changed"),
+    ("need:", "upstream {} re-ran"),
+    ("feedback", "the audit sent it back with findings"),
+    ("note:", "the approval note of {} changed"),
+    ("rejected", "its last output was rejected"),
+    ("message", "gate message changed"),
+)
+
+
+def describe_change(old: Mapping[str, str], new: Mapping[str, str], ran: Set[str] = frozenset()) -> str:
+    """Why a stage with inputs ``old`` must run again now that they are ``new``, in words.
+
+    ``ran`` are the stages that ran in this run (so a changed need "re-ran", else its
+    output "changed").
+    """
+    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    if "system" not in changed:  # a template edit that renders the same text changes nothing
+        changed = [key for key in changed if not key.startswith("source:")]
+    reasons: list[str] = []
+    for prefix, label in _LABELS:
+        names = [
+            key[len(prefix) :] for key in changed if key == prefix or (prefix.endswith(":") and key.startswith(prefix))
+        ]
+        if not names:
+            continue
+        if prefix == "system" and any(r.startswith("instructions changed") for r in reasons):
+            continue
+        if prefix == "need:":
+            reran = [n for n in names if n in ran]
+            other = [n for n in names if n not in ran]
+            if reran:
+                reasons.append(label.format(", ".join(reran)))
+            if other:
+                reasons.append(f"output of {', '.join(other)} changed")
+        elif prefix == "runner" and "runner" in old and "runner" in new:
+            before, after = old["runner"].split(":")[0], new["runner"].split(":")[0]
+            reasons.append(f"runner changed: {before} → {after}" if before != after else "canned replies changed")
+        elif prefix == "model" and "model" in old and "model" in new:
+            reasons.append(f"model changed: {old['model']} → {new['model']}")
+        else:
+            reasons.append(label.format(", ".join(names)))
+    if not reasons:
+        return "its request changed"
+    return "; ".join(reasons)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What an earlier run left of a stage: enough to keep its output, or to say why not."""
+
+    status: str
+    fingerprint: str | None = None
+    inputs: Mapping[str, str] | None = None
+    output_sha256: str | None = None
+    run_id: str = ""
+    error: str | None = None
+    gate: bool = False
+    rejected: str | None = None  # the note of a person who rejected this output
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """An earlier output the stage keeps."""
+
+    output: str
+    data: dict[str, Any] | None
+    output_sha256: str
+    run_id: str
+    reason: str
+
+
+_UNFINISHED = frozenset({"running", "interrupted"})
+
+
+class Memo:
+    """Decides, stage by stage, whether a run keeps an earlier output (see the module docstring).
+
+    ``records`` come from the task's stored state; ``forced`` maps stages that must
+    run to the reason (``--force``, ``--from``, ``--only``); ``folder`` is the
+    task's state folder holding ``stages/<id>.md``.
+    """
+
+    def __init__(self, folder: Path, records: Mapping[str, Record], forced: Mapping[str, str] | None = None) -> None:
+        self.folder = folder
+        self.records = records
+        self.forced = dict(forced or {})
+
+    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
+        """The earlier output ``stage`` may keep, or the reason it must run."""
+        if stage in self.forced:
+            return self.forced[stage]
+        record = self.records.get(stage)
+        if record is None:
+            return "not run before"
+        if record.rejected is not None:
+            return "its last output was rejected" + (f": {record.rejected}" if record.rejected else "")
+        if record.status in _UNFINISHED or record.fingerprint is None or not (record.gate or record.output_sha256):
+            return _why_not_finished(record)
+        if record.fingerprint != fingerprint:
+            return describe_change(record.inputs or {}, inputs, ran)
+        if record.gate:
+            return Recalled("", None, "", record.run_id, f"unchanged since run {record.run_id}")
+        output = self.folder / "stages" / f"{stage}.md"
+        try:
+            raw = output.read_bytes()
+        except OSError:
+            return f"output missing: stages/{stage}.md"
+        if digest(raw, 64) != record.output_sha256:
+            return f"output changed on disk: stages/{stage}.md"
+        data: dict[str, Any] | None = None
+        structured = self.folder / "stages" / f"{stage}.json"
+        if structured.exists():
+            try:
+                loaded = json.loads(structured.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return f"structured output unreadable: stages/{stage}.json"
+            data = loaded if isinstance(loaded, dict) else None
+        text = raw.decode("utf-8", "replace")
+        return Recalled(text, data, record.output_sha256 or "", record.run_id, f"unchanged since run {record.run_id}")
+
+
+def _why_not_finished(record: Record) -> str:
+    if record.status == "failed":
+        return f"failed last time: {record.error}" if record.error else "failed last time"
+    if record.status in ("running", "interrupted"):
+        return "was interrupted last time"
+    if record.status == "skipped":
+        return "was skipped last time"
+    return "not run before"
