@@ -26,8 +26,18 @@ from .errors import OrchestrateError, WorkflowError, WorkflowErrors
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_WAITING = 3
+EXIT_BUDGET = 4
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
+RUN_EXIT = {
+    "succeeded": EXIT_OK,
+    "partial": EXIT_OK,
+    "failed": EXIT_FAILED,
+    "waiting_approval": EXIT_WAITING,
+    "budget_exceeded": EXIT_BUDGET,
+    "interrupted": EXIT_INTERRUPTED,
+}
 
 _debug = False
 # Errors name files relative to the project root; when the user works from elsewhere, show them
@@ -72,7 +82,8 @@ def cli(debug: bool) -> None:
 
     \b
     Exit codes: 0 success, 1 stale output or failed run, 2 invalid input or usage,
-    130 interrupted, 70 internal error.
+    3 run paused for approval, 4 run stopped at its budget, 130 interrupted,
+    70 internal error.
     """
     global _debug
     _debug = debug
@@ -243,62 +254,83 @@ def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, c
     return EXIT_OK
 
 
+def run_options(func: Any) -> Any:
+    """The options ``run`` and ``plan`` share: what to run, with which inputs."""
+    options = [
+        click.option("--task", required=True, help="Name of this piece of work; its state goes to docs/ai/<task>/."),
+        click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A workflow param (repeatable)."),
+        click.option(
+            "--params-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="YAML or JSON mapping of params; --param values win.",
+        ),
+        click.option("--force", is_flag=True, help="Rerun every stage, keeping nothing from earlier runs."),
+        click.option(
+            "--from", "from_stages", multiple=True, metavar="STAGE", help="Rerun STAGE and everything after it."
+        ),
+        click.option("--only", multiple=True, metavar="STAGE", help="Rerun just STAGE (its needs must be done)."),
+        click.option("--budget", type=float, metavar="USD", help="Most the run may spend (default: budget.usd)."),
+        click.option(
+            "--offline", is_flag=True, help="Call no API: every stage returns a placeholder or a canned reply."
+        ),
+        click.option(
+            "--responses",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="With --offline: YAML or JSON replies keyed by stage id.",
+        ),
+        root_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_request(task: str, params: tuple[str, ...], params_file: Path | None, **more: Any) -> Any:
+    with _paused_gc():
+        from .run import RunRequest
+
+    responses = more.pop("responses", None)
+    return RunRequest(
+        task=task,
+        param_args=params,
+        params_file=params_file.absolute() if params_file else None,
+        responses_file=responses.absolute() if responses else None,
+        from_stages=more.pop("from_stages", ()),
+        budget_usd=more.pop("budget", None),
+        **more,
+    )
+
+
 @cli.command()
 @workflow_argument
-@click.option("--task", required=True, help="Name of this piece of work; its state goes to docs/ai/<task>/.")
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A workflow param (repeatable).")
-@click.option(
-    "--params-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="YAML or JSON mapping of params; --param values win.",
-)
+@run_options
 @click.option("--max-parallel", type=click.IntRange(1, 256), help="Stages run at once (default: the workflow's).")
-@click.option("--offline", is_flag=True, help="Call no API: every stage returns a placeholder or a canned reply.")
-@click.option(
-    "--responses",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="With --offline: YAML or JSON replies keyed by stage id.",
-)
+@click.option("--approve-all", is_flag=True, help="Approve every approval gate without stopping (unattended runs).")
 @click.option("--latency", type=float, default=0.0, help="With --offline: seconds each stage takes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead of the live view.")
-@root_option
-def run(
-    workflow: Path,
-    task: str,
-    params: tuple[str, ...],
-    params_file: Path | None,
-    max_parallel: int | None,
-    offline: bool,
-    responses: Path | None,
-    latency: float,
-    as_json: bool,
-    root: Path | None,
-) -> int:
+def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int:
     """Run a workflow's stages against Claude, in parallel where the DAG allows.
 
     \b
     The run is recorded in docs/ai/<task>/: workflow-state.md, state.json,
-    events.jsonl and stages/<id>.md. Exit code 0 when every stage succeeded and
-    the audit passed, 1 when a stage failed or the audit said fail.
+    events.jsonl and stages/<id>.md. Running a task again keeps every stage
+    whose inputs did not change and continues a run that stopped (failed,
+    interrupted, killed, paused for approval or at its budget); it says why
+    each other stage runs.
+    \b
+    Exit codes: 0 the audit passed, 1 a stage failed or the audit said fail,
+    3 paused at an approval gate, 4 stopped at the budget, 130 interrupted.
     """
     with _paused_gc():
         from .console import JsonView, LiveView, PlainView
+        from .engine import RunControl
         from .errors import UsageError
         from .report import summary_lines
-        from .run import RunRequest, prepare_run, run_prepared
+        from .run import prepare_run, run_prepared
 
     project = _project(workflow, root)
-    request = RunRequest(
-        task=task,
-        param_args=params,
-        params_file=params_file.absolute() if params_file else None,
-        max_parallel=max_parallel,
-        offline=offline,
-        responses_file=responses.absolute() if responses else None,
-        latency=latency,
-    )
-    prepared = prepare_run(workflow.absolute(), project, request)
-    if not offline and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+    prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
+    if not prepared.offline and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         raise UsageError(
             "ANTHROPIC_API_KEY is not set, so the stages can't reach Claude",
             hint="export ANTHROPIC_API_KEY=<your key> (from console.anthropic.com), "
@@ -313,16 +345,209 @@ def run(
         view = LiveView(out)
     else:
         view = PlainView(out)
-    outcome = run_prepared(prepared, listeners=[view])
+
+    def started(session: Any) -> None:
+        if session.resume:
+            _err(f"note: continuing run {session.run_id}, which stopped ({session.previous.status.replace('_', ' ')})")
+        for change in session.changes:
+            _err(f"note: since the last run: {change}")
+
+    control = RunControl()
+    with _signals_stop(control):
+        outcome = run_prepared(prepared, listeners=[view], control=control, on_start=started)
     if not as_json:
-        from .state import load_state
+        from .state import recover_state
 
         click.echo("")
-        for line in summary_lines(load_state(prepared.folder), _shown(prepared.folder)):
+        for line in summary_lines(recover_state(prepared.folder), _shown(prepared.folder)):
             click.echo(line)
-    if outcome.status == "interrupted":
-        return EXIT_INTERRUPTED
-    return EXIT_OK if outcome.status == "succeeded" else EXIT_FAILED
+    return RUN_EXIT[outcome.status]
+
+
+@cli.command("plan")
+@workflow_argument
+@run_options
+@click.option("--approve-all", is_flag=True, help="Count approval gates as approved.")
+@click.option("--json", "as_json", is_flag=True, help="Print the forecast as JSON.")
+def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int:
+    """Show what `run` would do, without calling any API: the waves, which stages run or are kept
+    and why, prompt sizes, and estimated tokens and cost, checked against the budget."""
+    with _paused_gc():
+        from .forecast import forecast_run
+        from .report import format_cost
+        from .run import prepare_run
+
+    project = _project(workflow, root)
+    prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
+    forecast = forecast_run(prepared)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "workflow": prepared.compiled.plan.workflow.name,
+                    "task": prepared.task,
+                    "resume": forecast.resume,
+                    "changes": forecast.changes,
+                    "stages": [
+                        {
+                            "stage": f.stage,
+                            "wave": f.wave,
+                            "action": f.action,
+                            "reason": f.reason,
+                            "prompt_chars": f.prompt_chars,
+                            "tokens": list(f.tokens) if f.tokens else None,
+                            "cost_usd": list(f.cost_usd) if f.cost_usd else None,
+                        }
+                        for f in forecast.stages
+                    ],
+                    "cost_usd": list(forecast.cost_usd) if forecast.cost_usd else None,
+                    "budget_usd": forecast.budget_usd,
+                    "spent_usd": forecast.spent_usd,
+                    "budget_check": forecast.budget_check or None,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    counts = {a: sum(1 for f in forecast.stages if f.action == a) for a in ("run", "keep", "wait")}
+    how = "continues the stopped run" if forecast.resume else "a new run"
+    click.echo(
+        f"{_shown(workflow.absolute())}, task {prepared.task} ({how}): {counts['run']} to run, "
+        f"{counts['keep']} kept, {counts['wait']} waiting at gates"
+    )
+    for change in forecast.changes:
+        click.echo(f"Since the last run: {change}")
+    width = max(len(f.stage) for f in forecast.stages)
+    click.echo(
+        f"  {'wave':<4}  {'stage':<{width}}  {'action':<6}  {'prompt':>9}  {'tokens (in+out)':>17}  {'cost':>17}  why"
+    )
+    for f in forecast.stages:
+        prompt = f"{f.prompt_chars:,} ch" if f.prompt_chars is not None else "-"
+        tokens = f"{_k(f.tokens[0])}-{_k(f.tokens[1])}" if f.tokens else "-"
+        if f.action == "keep":
+            cost = "$0"
+        elif f.cost_usd:
+            cost = f"{format_cost(f.cost_usd[0])}-{format_cost(f.cost_usd[1])}"
+        else:
+            cost = "-"
+        click.echo(
+            f"  {f.wave:<4}  {f.stage:<{width}}  {f.action:<6}  {prompt:>9}  {tokens:>17}  {cost:>17}  {f.reason}"
+        )
+    total = (
+        f"{format_cost(forecast.cost_usd[0])} to {format_cost(forecast.cost_usd[1])}"
+        if forecast.cost_usd
+        else "unknown (a model has no price; add pricing: to the workflow)"
+    )
+    click.echo(f"Estimated cost of this run: {total}")
+    if forecast.budget_usd is not None:
+        spent = f", {format_cost(forecast.spent_usd)} already spent" if forecast.spent_usd else ""
+        click.echo(f"Budget: {format_cost(forecast.budget_usd)}{spent}: {forecast.budget_check}")
+    return EXIT_OK
+
+
+def _k(tokens: int) -> str:
+    return f"{tokens / 1000:.1f}k" if tokens >= 1000 else str(tokens)
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("stage")
+@root_option
+def explain(task: str, stage: str, root: Path | None) -> int:
+    """Say why a stage ran, was kept, skipped, failed, is blocked or waits, from the task's state and log."""
+    with _paused_gc():
+        import difflib
+
+        from .errors import UsageError
+        from .explain import explain_stage
+        from .params import check_task
+        from .project import Project
+        from .state import read_events, recover_state
+
+    project = Project((root or Path.cwd()).absolute())
+    folder = project.state_root / check_task(task)
+    shown = _shown(folder)
+    state = recover_state(folder, display=shown)
+    if stage not in state.stages:
+        close = difflib.get_close_matches(stage, list(state.stages), n=1)
+        raise UsageError(
+            f"task {task!r} has no stage {stage!r}",
+            hint=f"did you mean {close[0]!r}?" if close else "stages: " + ", ".join(state.stages),
+        )
+    events = [event for _, event in read_events(folder)]
+    for line in explain_stage(state, stage, events, shown):
+        click.echo(line)
+    return EXIT_OK
+
+
+@contextmanager
+def _signals_stop(control: Any) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the run cleanly (in-flight stages cancelled and recorded); a second
+    one quits at once. Every state file is written atomically, so even that leaves valid files."""
+    import signal
+
+    def handle(signum: int, frame: Any) -> None:
+        if control.requested:
+            _err("Interrupted again: quitting now. The state files are valid; run the same command to continue.")
+            os._exit(EXIT_INTERRUPTED)
+        name = signal.Signals(signum).name
+        _err(f"\n{name}: stopping; cancelling the stages in flight (press Ctrl-C again to quit at once)")
+        control.stop()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool) -> int:
+    with _paused_gc():
+        import getpass
+        import time
+
+        from .approvals import record_decision
+        from .params import check_task
+        from .project import Project
+        from .state import recover_state
+
+    project = Project((root or Path.cwd()).absolute())
+    folder = project.state_root / check_task(task)
+    shown = _shown(folder)
+    state = recover_state(folder, display=shown)
+    try:
+        by = getpass.getuser()
+    except (KeyError, OSError):
+        by = ""
+    record = record_decision(folder, state, stage, approved=approved, note=note, by=by, now=time.time(), display=shown)
+    what = "approved" if record.approved else "rejected"
+    click.echo(f"{stage}: {what}" + (f" ({note})" if note else "") + f"; recorded in {_shown(record.path)}")
+    if state.status == "running":
+        click.echo("The run in progress picks this up within a second.")
+    else:
+        click.echo(f"Continue the run with: {state.command}" if state.command else "Continue with orchestrate run.")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("stage")
+@click.option("--note", default="", help="A note for the stages downstream (they see it in their prompts).")
+@root_option
+def approve(task: str, stage: str, note: str, root: Path | None) -> int:
+    """Approve a stage that waits for approval; the run continues past it."""
+    return _decide(task, stage, note, root, approved=True)
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("stage")
+@click.option("--note", default="", help="Why: shown in the state, and to the stage when it runs again.")
+@root_option
+def reject(task: str, stage: str, note: str, root: Path | None) -> int:
+    """Reject a stage that waits for approval: that branch fails (the rest of the run goes on)."""
+    return _decide(task, stage, note, root, approved=False)
 
 
 @cli.command()
@@ -335,11 +560,11 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
         from .params import check_task
         from .project import Project
         from .report import summary_lines
-        from .state import load_state
+        from .state import recover_state
 
     project = Project((root or Path.cwd()).absolute())
     folder = project.state_root / check_task(task)
-    state = load_state(folder, display=_shown(folder))
+    state = recover_state(folder, display=_shown(folder))
     if as_json:
         click.echo(state.model_dump_json(indent=2))
     else:

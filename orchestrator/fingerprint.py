@@ -62,7 +62,7 @@ _LABELS = (
     ("feedback", "the audit sent it back with findings"),
     ("note:", "the approval note of {} changed"),
     ("rejected", "its last output was rejected"),
-    ("message", "gate message changed"),
+    ("gate_message", "the gate's message changed"),
 )
 
 
@@ -99,7 +99,7 @@ def describe_change(old: Mapping[str, str], new: Mapping[str, str], ran: Set[str
         else:
             reasons.append(label.format(", ".join(names)))
     if not reasons:
-        return "its request changed"
+        return "its prompt changed" if "message" in changed else "its request changed"
     return "; ".join(reasons)
 
 
@@ -144,8 +144,8 @@ class Memo:
         self.records = records
         self.forced = dict(forced or {})
 
-    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
-        """The earlier output ``stage`` may keep, or the reason it must run."""
+    def obstacle(self, stage: str) -> str | None:
+        """Why ``stage`` must run whatever its inputs are (forced, never finished, rejected), or None."""
         if stage in self.forced:
             return self.forced[stage]
         record = self.records.get(stage)
@@ -155,6 +155,14 @@ class Memo:
             return "its last output was rejected" + (f": {record.rejected}" if record.rejected else "")
         if record.status in _UNFINISHED or record.fingerprint is None or not (record.gate or record.output_sha256):
             return _why_not_finished(record)
+        return None
+
+    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
+        """The earlier output ``stage`` may keep, or the reason it must run."""
+        obstacle = self.obstacle(stage)
+        if obstacle is not None:
+            return obstacle
+        record = self.records[stage]
         if record.fingerprint != fingerprint:
             return describe_change(record.inputs or {}, inputs, ran)
         if record.gate:

@@ -509,7 +509,7 @@ def request_builder(prepared: PreparedRun, previous: RunState | None = None) -> 
         outcomes = progress.outcomes
         if not stage.runs_agent:  # an approval gate: what flowed into it is what a person approves
             gate_inputs = {f"need:{n}": digest(outcomes[n].output) for n in stage.needs}
-            gate_inputs["message"] = digest(stage.approval_message)
+            gate_inputs["gate_message"] = digest(stage.approval_message)
             return StageInput.gate(gate_inputs)
         agent = stage.agent or ""
         audit = sid == plan.audit_stage

@@ -15,6 +15,10 @@ true), ``POST /v1/messages/count_tokens``, ``GET /v1/models``; any other request
 gets ``200 {}`` (clients probe a few). With no rule matching, a reply is "ok",
 or a passing verdict for a forced tool call.
 
+Faults of a streamed reply: ``drop_after=N`` sends its first N server-sent events
+and then closes the connection mid-body (the client sees the stream cut off);
+``stall=S`` pauses S seconds after the first event (``message_start``).
+
 Run it on its own to try orchestrate against it:
 
     python tests/fake_anthropic.py --port 8787
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 import uuid
@@ -90,6 +95,18 @@ class Rule:
             "cache_read_input_tokens": 0,
         }
     )
+    drop_after: int | None = None  # streamed replies: close the connection after this many events
+    stall: float = 0.0  # streamed replies: seconds to pause after the first event
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out, cancelled) is expected here, not an error to print."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeAnthropic:
@@ -97,7 +114,7 @@ class FakeAnthropic:
         self.requests: list[Request] = []
         self.rules: list[Rule] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._server = _Server(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -127,10 +144,14 @@ class FakeAnthropic:
         delay: float = 0.0,
         usage: dict[str, int] | None = None,
         stop_reason: str | None = None,
+        drop_after: int | None = None,
+        stall: float = 0.0,
     ) -> None:
         """Add a reply for requests whose text contains ``when`` (or for which it returns True).
 
         ``delay`` seconds pass before the reply (the server is threaded: others go on meanwhile).
+        A streamed reply with ``drop_after=N`` stops after its first N events (``message_start``
+        is the first) with the connection closed mid-body; ``stall`` seconds pass after its first event.
         """
         if when is None:
             matcher: Matcher = lambda body: True  # noqa: E731
@@ -140,6 +161,7 @@ class FakeAnthropic:
         else:
             matcher = when
         rule = Rule(matcher, text, status, error, headers or {}, tool_use, times, delay, stop_reason)
+        rule.drop_after, rule.stall = drop_after, stall
         if usage is not None:
             rule.usage = {**rule.usage, **usage}
         self.rules.append(rule)
@@ -254,14 +276,26 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 ),
                 ("message_stop", {"type": "message_stop"}),
             ]
-            payload = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
+            chunks = [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
-            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Content-Length", str(sum(len(chunk) for chunk in chunks)))
             self.send_header("request-id", "req_fake")
             self.end_headers()
-            self.wfile.write(payload)
+            if not rule.stall and rule.drop_after is None:
+                self.wfile.write(b"".join(chunks))
+                return
+            sent = chunks if rule.drop_after is None else chunks[: rule.drop_after]
+            for number, chunk in enumerate(sent, 1):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                if number == 1 and rule.stall:
+                    time.sleep(rule.stall)
+            if rule.drop_after is not None:  # cut the body short: the promised Content-Length never arrives
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
 
         do_GET = do_POST = do_HEAD = do_PUT = do_PATCH = do_DELETE = _handle
 

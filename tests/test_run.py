@@ -283,13 +283,14 @@ def test_ctrl_c_marks_the_run_interrupted_and_exits_130(feature: TempProject) ->
         time.sleep(0.05)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert "Interrupted." in err and "Traceback" not in err
+    assert "SIGINT: stopping" in err and "Traceback" not in err
+    assert "Continue with `orchestrate run workflows/feature.yaml --task intr --param goal=x --offline`" in out
     state = load_state(folder)
     assert state.status == "interrupted"
     assert state.stages["plan"].status == "succeeded"
-    assert {state.stages[s].error for s in ("backend", "frontend")} == {"interrupted"}
+    assert {state.stages[s].status for s in ("backend", "frontend")} == {"interrupted"}
     assert (folder / "stages/plan.md").exists()
 
 
