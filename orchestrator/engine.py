@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from .audit import Finding, Verdict, VerdictError, parse_verdict
 from .errors import OrchestrateError
@@ -47,120 +47,35 @@ from .events import (
     StageStarted,
     StageSucceeded,
 )
-from .fingerprint import Recalled, digest, gate_fingerprint, request_fingerprint
+from .fingerprint import Recalled, digest
 from .graph import Plan
-from .runners import AttemptRecord, Runner, StageRequest, Usage
+from .outcomes import (
+    Decision,
+    EngineOptions,
+    Gates,
+    Memory,
+    NoGates,
+    NoMemory,
+    Progress,
+    RunOutcome,
+    RunStatus,
+    StageInput,
+    StageOutcome,
+)
+from .runners import AttemptRecord, Runner, Usage
 
 __all__ = [
     "Decision",
     "EngineOptions",
     "Gates",
+    "Memory",
     "Progress",
+    "RunControl",
     "RunOutcome",
     "StageInput",
     "StageOutcome",
     "execute",
 ]
-
-StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "waiting_approval", "interrupted"]
-RunStatus = Literal["succeeded", "failed", "interrupted", "waiting_approval", "budget_exceeded", "partial"]
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    max_parallel: int
-    stage_timeout: float | None = None  # default for stages without a timeout of their own
-    run_id: str = "run"
-    task: str = "task"
-    budget_usd: float | None = None
-    spent_usd: float = 0.0  # spent by earlier parts of this run (a resumed run)
-    max_rounds: int = 1
-    round: int = 1  # the audit round a resumed run continues in
-    approve_all: bool = False
-    only: frozenset[str] | None = None  # run just these; keep the others' outputs or leave them be
-    resumed: bool = False
-    poll_interval: float = 1.0  # how often waiting gates look for a decision while other stages run
-
-
-@dataclass
-class StageOutcome:
-    status: StageStatus
-    output: str = ""
-    data: dict[str, Any] | None = None
-    error: str | None = None
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float | None = 0.0
-    duration: float = 0.0
-    fingerprint: str = ""
-    reused: bool = False
-
-
-@dataclass
-class RunOutcome:
-    status: RunStatus
-    stages: dict[str, StageOutcome]
-    verdict: Verdict | None
-    usage: Usage
-    cost_usd: float | None
-    duration: float
-    note: str = ""
-    waiting: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class StageInput:
-    """What a stage would send, and the digests of its parts (for "what changed")."""
-
-    request: StageRequest | None  # None for an approval gate: no agent runs it
-    inputs: Mapping[str, str]
-    fingerprint: str
-    min_cost_usd: float = 0.0  # the least the request can cost, for the budget check
-
-    @classmethod
-    def of(cls, request: StageRequest, inputs: Mapping[str, str] | None = None, min_cost: float = 0.0) -> StageInput:
-        return cls(request, inputs or {}, request_fingerprint(request), min_cost)
-
-    @classmethod
-    def gate(cls, inputs: Mapping[str, str]) -> StageInput:
-        return cls(None, inputs, gate_fingerprint(inputs))
-
-
-@dataclass(frozen=True)
-class Decision:
-    approved: bool
-    note: str = ""
-    by: str = ""
-
-
-@dataclass
-class Progress:
-    """What the request builder may read: outcomes so far, findings sent back, gate decisions."""
-
-    outcomes: dict[str, StageOutcome]
-    feedback: dict[str, list[Finding]]
-    decisions: dict[str, Decision]
-    round: int
-
-
-class Memory(Protocol):
-    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str: ...
-
-
-class Gates(Protocol):
-    def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
-        """A person's decision on this exact output of ``stage``, if one was made."""
-        ...
-
-
-class _NoMemory:
-    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
-        return "not run before"
-
-
-class _NoGates:
-    def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
-        return None
-
 
 _RUNNING = StageOutcome("running")  # shared: a running stage has nothing of its own to hold yet
 
@@ -729,8 +644,8 @@ async def execute(
         options,
         price,
         clock,
-        memory or _NoMemory(),
-        gates or _NoGates(),
+        memory or NoMemory(),
+        gates or NoGates(),
         feedback or {},
     )
     if control is not None:

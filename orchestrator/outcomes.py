@@ -1,0 +1,135 @@
+"""What the engine takes and gives, and the small Protocols of those it asks.
+
+Options and the per-stage input (request, input digests, fingerprint) go in;
+stage and run outcomes come out. ``Memory`` (may a stage keep its earlier
+output?) and ``Gates`` (has a person decided on this output?) are the seams the
+run wires to the state folder; the engine knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from .audit import Finding, Verdict
+from .fingerprint import Recalled, gate_fingerprint, request_fingerprint
+from .runners import StageRequest, Usage
+
+__all__ = [
+    "Decision",
+    "EngineOptions",
+    "Gates",
+    "Memory",
+    "NoGates",
+    "NoMemory",
+    "Progress",
+    "RunOutcome",
+    "RunStatus",
+    "StageInput",
+    "StageOutcome",
+    "StageStatus",
+]
+
+StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "waiting_approval", "interrupted"]
+RunStatus = Literal["succeeded", "failed", "interrupted", "waiting_approval", "budget_exceeded", "partial"]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_parallel: int
+    stage_timeout: float | None = None  # default for stages without a timeout of their own
+    run_id: str = "run"
+    task: str = "task"
+    budget_usd: float | None = None
+    spent_usd: float = 0.0  # spent by earlier parts of this run (a resumed run)
+    max_rounds: int = 1
+    round: int = 1  # the audit round a resumed run continues in
+    approve_all: bool = False
+    only: frozenset[str] | None = None  # run just these; keep the others' outputs or leave them be
+    resumed: bool = False
+    poll_interval: float = 1.0  # how often waiting gates look for a decision while other stages run
+
+
+@dataclass
+class StageOutcome:
+    status: StageStatus
+    output: str = ""
+    data: dict[str, Any] | None = None
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = 0.0
+    duration: float = 0.0
+    fingerprint: str = ""
+    reused: bool = False
+
+
+@dataclass
+class RunOutcome:
+    status: RunStatus
+    stages: dict[str, StageOutcome]
+    verdict: Verdict | None
+    usage: Usage
+    cost_usd: float | None
+    duration: float
+    note: str = ""
+    waiting: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """What a stage would send, and the digests of its parts (for "what changed")."""
+
+    request: StageRequest | None  # None for an approval gate: no agent runs it
+    inputs: Mapping[str, str]
+    fingerprint: str
+    min_cost_usd: float = 0.0  # the least the request can cost, for the budget check
+
+    @classmethod
+    def of(cls, request: StageRequest, inputs: Mapping[str, str] | None = None, min_cost: float = 0.0) -> StageInput:
+        return cls(request, inputs or {}, request_fingerprint(request), min_cost)
+
+    @classmethod
+    def gate(cls, inputs: Mapping[str, str]) -> StageInput:
+        return cls(None, inputs, gate_fingerprint(inputs))
+
+
+@dataclass(frozen=True)
+class Decision:
+    approved: bool
+    note: str = ""
+    by: str = ""
+
+
+@dataclass
+class Progress:
+    """What the request builder may read: outcomes so far, findings sent back, gate decisions."""
+
+    outcomes: dict[str, StageOutcome]
+    feedback: dict[str, list[Finding]]
+    decisions: dict[str, Decision]
+    round: int
+
+
+class Memory(Protocol):
+    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str: ...
+
+
+class Gates(Protocol):
+    def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
+        """A person's decision on this exact output of ``stage``, if one was made."""
+        ...
+
+
+class NoMemory:
+    """Keeps nothing: every stage runs."""
+
+    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
+        return "not run before"
+
+
+class NoGates:
+    """No decisions: every gate waits."""
+
+    def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
+        return None
