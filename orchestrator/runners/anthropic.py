@@ -113,6 +113,14 @@ class AnthropicRunner:
                 async for event in stream:
                     if event.type == "message_start":
                         usage = _usage(event.message.usage)
+                    elif event.type == "message_delta" and event.usage is not None:
+                        # Output tokens so far: what a cancelled or cut-off attempt has already cost.
+                        usage = Usage(
+                            usage.input_tokens,
+                            event.usage.output_tokens or usage.output_tokens,
+                            usage.cache_read_tokens,
+                            usage.cache_write_tokens,
+                        )
                 message = await stream.get_final_message()
         except asyncio.CancelledError:
             report(record("cancelled"))
