@@ -192,7 +192,7 @@ def main() -> None:
             prepared = prepare_run(
                 path,
                 Project(root),
-                RunRequest(task=f"bench-{scenario.key}", offline=True, max_parallel=MAX_PARALLEL),
+                RunRequest(task=f"bench-{scenario.key}", offline=True, max_parallel=MAX_PARALLEL, force=True),
             )
             best, drain = float("inf"), 0.0
             for _ in range(args.runs):

@@ -443,7 +443,10 @@ class _Run:
             )
             return self._gate(sid, outcome, stage_input) if stage.gated else outcome
         if self.options.only is not None and sid not in self.options.only:
-            return StageOutcome("pending", error=f"not run: only {', '.join(sorted(self.options.only))} was asked for")
+            asked = ", ".join(sorted(self.options.only))
+            reason = f"not run: only {asked} was asked for, and this stage can't be kept ({recalled})"
+            self.emit(StageSkipped(self.clock(), sid, reason))
+            return StageOutcome("skipped", error=reason)
         if stage_input.request is None:  # a pure gate: nothing to run
             self.ran.add(sid)
             return self._gate(sid, StageOutcome("succeeded", fingerprint=stage_input.fingerprint), stage_input)

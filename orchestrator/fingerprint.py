@@ -32,16 +32,19 @@ def digest(data: str | bytes, size: int = 16) -> str:
     return hashlib.sha256(raw).hexdigest()[:size]
 
 
-def request_fingerprint(request: StageRequest) -> str:
-    """The hash of everything a request sends (and nothing it does not, such as timestamps)."""
-    payload = {
-        "system": request.system,
-        "prompt": request.prompt,
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "structured": request.structured,
-    }
-    return digest(json.dumps(payload, sort_keys=True, ensure_ascii=False), 64)
+def request_fingerprint(request: StageRequest, system_sha256: str | None = None) -> str:
+    """The hash of everything a request sends (and nothing it does not, such as timestamps).
+
+    ``system_sha256`` is the full hash of ``request.system`` when the caller has it: the
+    instructions are shared by every stage of an agent and can be long, so they are hashed
+    once per agent rather than once per stage.
+    """
+    structured = json.dumps(request.structured, sort_keys=True) if request.structured is not None else ""
+    hasher = hashlib.sha256()
+    for part in (system_sha256 or digest(request.system, 64), request.model, str(request.max_tokens), structured):
+        hasher.update(part.encode("utf-8") + b"\0")
+    hasher.update(request.prompt.encode("utf-8"))
+    return hasher.hexdigest()
 
 
 def gate_fingerprint(inputs: Mapping[str, str]) -> str:

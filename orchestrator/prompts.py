@@ -54,8 +54,9 @@ def request_builder(prepared: RunInputs, previous: RunState | None = None) -> Ca
     plan = prepared.compiled.plan
     workflow = plan.workflow
     rendered = {agent.agent: agent for agent in prepared.compiled.rendered if not agent.coordinator}
+    system_sha = {name: digest(agent.text, 64) for name, agent in rendered.items()}
     agent_inputs = {
-        name: {"system": digest(agent.text), **{f"source:{src}": digest(data) for src, data in agent.sources}}
+        name: {"system": system_sha[name][:16], **{f"source:{src}": digest(data) for src, data in agent.sources}}
         for name, agent in rendered.items()
     }
     schema = verdict_schema()
@@ -208,7 +209,7 @@ def request_builder(prepared: RunInputs, previous: RunState | None = None) -> Ca
             structured=schema if audit else None,
         )
         cost = estimate_range(len(request.system) + len(message), request.max_tokens, models[sid], workflow.pricing)
-        fingerprint = digest(request_fingerprint(request) + runner_keys[sid], 64)
+        fingerprint = digest(request_fingerprint(request, system_sha[agent]) + runner_keys[sid], 64)
         return StageInput(request, inputs, fingerprint, cost[0] if cost else 0.0)
 
     return build

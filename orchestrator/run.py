@@ -405,6 +405,7 @@ async def run_async(
     with TaskLock(prepared.folder, prepared.command, display=prepared.display):
         previous = load_previous(prepared)
         session = start_session(prepared, previous, run_id)
+        _check_only(prepared, session)
         if on_start is not None:
             on_start(session)
         store = StateStore(
@@ -443,6 +444,21 @@ async def run_async(
             )
         finally:
             store.close()
+
+
+def _check_only(prepared: PreparedRun, session: Session) -> None:
+    """``--only STAGE`` needs the outputs of STAGE's needs: refuse before anything runs if one has none."""
+    plan = prepared.compiled.plan
+    for sid in prepared.only:
+        for need in plan.stages[sid].needs:
+            if need in prepared.only:
+                continue
+            obstacle = session.memo.obstacle(need)
+            if obstacle is not None:
+                raise UsageError(
+                    f"--only {sid}: its need {need!r} has no finished output to use ({obstacle})",
+                    hint=f"run without --only first, or use --from {need}",
+                )
 
 
 def _default_runner(prepared: PreparedRun) -> Runner:

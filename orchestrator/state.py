@@ -477,8 +477,9 @@ class StateStore:
             self._error = exc
 
     def _handle(self, event: Event) -> None:
-        if isinstance(event, StageStarted):
-            # The stage runs again: its earlier output no longer belongs to it, on disk as in the state.
+        if isinstance(event, StageFailed):
+            # The stage ran again and failed: its earlier output no longer belongs to it, on disk as in
+            # the state. (On success the new output replaces it; a killed run leaves it unrecorded.)
             for suffix in (".md", ".json"):
                 (self.folder / "stages" / f"{event.stage}{suffix}").unlink(missing_ok=True)
         if isinstance(event, StageSucceeded):
