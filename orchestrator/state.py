@@ -253,9 +253,9 @@ def recover_state(folder: Path, *, display: str | None = None) -> RunState:
     that finished just before the kill), so nothing finished is done twice.
     """
     state = load_state(folder, display=display)
+    # Every run writes its first snapshot before it logs anything, so the tail belongs to the
+    # snapshot's run.
     for position, event in read_events(folder, state.log_offset):
-        if isinstance(event, RunStarted):
-            break  # a later run began but never wrote its first snapshot: what we have is the latest
         apply_event(state, event)
         state.log_offset = position
     return state
@@ -414,6 +414,9 @@ class StateStore:
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         try:
             (folder / "stages").mkdir(parents=True, exist_ok=True)
+            # Temp files of atomic writes a killed run never renamed; the caller holds the task's lock.
+            for leftover in [*folder.glob(".*.tmp"), *(folder / "stages").glob(".*.tmp")]:
+                leftover.unlink(missing_ok=True)
             self._events_fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             self._offset = os.lseek(self._events_fd, 0, os.SEEK_END)
         except OSError as exc:

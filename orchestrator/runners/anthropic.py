@@ -12,6 +12,7 @@ and connection errors are retried with exponential backoff, honouring
 from __future__ import annotations
 
 import asyncio
+import importlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,20 @@ from . import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageR
 
 __all__ = ["AnthropicRunner", "RetryPolicy"]
 
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's transport errors: a stream cut off mid-body raises them unwrapped by the SDK.
+    Recent SDKs use httpx2, older ones httpx."""
+    for name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return (module.TransportError,)
+    return ()
+
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (anthropic.APIConnectionError, *_transport_errors())
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 RETRY_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
 
@@ -132,8 +147,12 @@ class AnthropicRunner:
             if _retryable(exc) and not last:
                 raise _Retry(self._delay(number, exc.response.headers)) from exc
             raise StageFailure(error + (f" (gave up after {number} attempts)" if number > 1 else "")) from exc
-        except anthropic.APIConnectionError as exc:
-            error = f"connection failed: {exc}"
+        except TRANSPORT_ERRORS as exc:
+            error = (
+                f"connection failed: {exc}"
+                if isinstance(exc, anthropic.APIConnectionError)
+                else (f"connection lost mid-reply: {type(exc).__name__}: {exc}")
+            )
             report(record(error))
             if not last:
                 raise _Retry(self._delay(number, None)) from exc
