@@ -12,6 +12,8 @@ import pytest
 
 from orchestrator.cli import main
 
+from .fake_anthropic import FakeAnthropic
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -107,3 +109,17 @@ stages:
     agent: auditor
     needs: [integrate]
 """
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
+    """The localhost fake of the Messages API, with the SDK (and subprocesses) pointed at it."""
+    with FakeAnthropic() as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-a-secret")
+        yield fake
+
+
+def event_lines(out: str) -> list[str]:
+    """A run's plain output lines without the clock that starts each event line."""
+    return [line[10:] if line[:2].isdigit() and line[8:10] == "  " else line for line in out.splitlines()]

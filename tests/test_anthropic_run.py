@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -48,14 +47,6 @@ def stage_of(request: Request) -> str | None:
         if text.startswith("# Task "):
             return text.split("stage `", 1)[1].split("`", 1)[0]
     return None
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as fake:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-a-secret")
-        yield fake
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,19 +17,11 @@ import pytest
 from orchestrator.lock import TaskLock
 from orchestrator.state import recover_state
 
-from .conftest import FEATURE, CliResult, CliRunner, TempProject
+from .conftest import FEATURE, CliResult, CliRunner, TempProject, event_lines
 from .fake_anthropic import FakeAnthropic
 from .test_anthropic_run import VERDICT_PASS, at, by_stage, stage_of, verdict_reply
 
 RUN = ("run", "workflows/feature.yaml", "--task", "add-login", "--param", "goal=login")
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as fake:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-a-secret")
-        yield fake
 
 
 @pytest.fixture
@@ -40,8 +31,7 @@ def feature(project: TempProject) -> TempProject:
 
 
 def lines(result: CliResult) -> list[str]:
-    """Output lines without the clock that starts each event line."""
-    return [line[10:] if line[:2].isdigit() and line[8:10] == "  " else line for line in result.out.splitlines()]
+    return event_lines(result.out)
 
 
 def requested(api: FakeAnthropic) -> list[str]:

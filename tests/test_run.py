@@ -16,7 +16,7 @@ from orchestrator.runners import Usage
 from orchestrator.state import load_state
 from orchestrator.workflow import Price
 
-from .conftest import FEATURE, CliRunner, TempProject
+from .conftest import FEATURE, CliRunner, TempProject, event_lines
 
 
 @pytest.fixture
@@ -26,8 +26,7 @@ def feature(project: TempProject) -> TempProject:
 
 
 def lines(result: Any) -> list[str]:
-    """Output lines without the clock that starts each event line."""
-    return [line[10:] if line[:2].isdigit() and line[8:10] == "  " else line for line in result.out.splitlines()]
+    return event_lines(result.out)
 
 
 def run_offline(project: TempProject, cli: CliRunner, *extra: str, task: str = "add-login") -> Any:
