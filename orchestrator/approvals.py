@@ -18,6 +18,7 @@ from pathlib import Path
 from .engine import Decision
 from .errors import StateError, UsageError
 from .fileio import atomic_write
+from .params import check_stage
 from .state import RunState, timestamp
 
 __all__ = ["Approvals", "DecisionRecord", "record_decision"]
@@ -41,14 +42,7 @@ def record_decision(
     folder: Path, state: RunState, stage: str, *, approved: bool, note: str, by: str, now: float, display: str
 ) -> DecisionRecord:
     """Write a person's decision on a stage that waits for approval; refuse any other stage."""
-    if stage not in state.stages:
-        import difflib
-
-        close = difflib.get_close_matches(stage, list(state.stages), n=1)
-        raise UsageError(
-            f"task {state.task!r} has no stage {stage!r}",
-            hint=f"did you mean {close[0]!r}?" if close else "stages: " + ", ".join(state.stages),
-        )
+    check_stage(stage, state.stages, f"task {state.task!r} has no stage {stage!r}")
     current = state.stages[stage]
     if current.status != "waiting_approval" or current.approval is None:
         gated = [s.id for s in state.stages.values() if s.status == "waiting_approval"]

@@ -456,11 +456,8 @@ def _k(tokens: int) -> str:
 def explain(task: str, stage: str, root: Path | None) -> int:
     """Say why a stage ran, was kept, skipped, failed, is blocked or waits, from the task's state and log."""
     with _paused_gc():
-        import difflib
-
-        from .errors import UsageError
         from .explain import explain_stage
-        from .params import check_task
+        from .params import check_stage, check_task
         from .project import Project
         from .state import read_events, recover_state
 
@@ -468,12 +465,7 @@ def explain(task: str, stage: str, root: Path | None) -> int:
     folder = project.state_root / check_task(task)
     shown = _shown(folder)
     state = recover_state(folder, display=shown)
-    if stage not in state.stages:
-        close = difflib.get_close_matches(stage, list(state.stages), n=1)
-        raise UsageError(
-            f"task {task!r} has no stage {stage!r}",
-            hint=f"did you mean {close[0]!r}?" if close else "stages: " + ", ".join(state.stages),
-        )
+    check_stage(stage, state.stages, f"task {task!r} has no stage {stage!r}")
     events = [event for _, event in read_events(folder)]
     for line in explain_stage(state, stage, events, shown):
         click.echo(line)

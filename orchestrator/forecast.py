@@ -62,7 +62,7 @@ def forecast_run(prepared: PreparedRun) -> Forecast:
     workflow = plan.workflow
     previous = load_previous(prepared)
     session = start_session(prepared, previous, "forecast")
-    build = request_builder(prepared, previous)
+    build = request_builder(prepared, session.rejected)
     outcomes = {sid: StageOutcome("pending") for sid in plan.order}
     progress = Progress(outcomes, session.feedback, {}, session.round)
     unknown: set[str] = set()  # stages whose output this run will produce anew (or not at all)

@@ -7,13 +7,13 @@ did-you-mean), values of the wrong type, required params that are missing.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from .errors import UsageError
 from .workflow import ID_RE, ParamSpec, Workflow
 
-__all__ = ["check_task", "parse_param_args", "resolve_params"]
+__all__ = ["check_stage", "check_task", "param_text", "parse_param_args", "resolve_params"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -27,6 +27,19 @@ def check_task(task: str) -> str:
             hint="use lowercase letters, digits, '-' and '_', starting with a letter or digit, e.g. add-login",
         )
     return task
+
+
+def check_stage(name: str, stages: Collection[str], message: str) -> str:
+    """A stage named on the command line must exist; ``message`` says where it was named."""
+    if name not in stages:
+        close = difflib.get_close_matches(name, list(stages), n=1)
+        raise UsageError(message, hint=f"did you mean {close[0]!r}?" if close else "stages: " + ", ".join(stages))
+    return name
+
+
+def param_text(value: Any) -> str:
+    """A param's value as a person writes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def parse_param_args(args: Sequence[str]) -> dict[str, str]:

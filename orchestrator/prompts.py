@@ -11,15 +11,15 @@ changed fingerprint can be explained in words.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .audit import verdict_schema
 from .cost import estimate_range
 from .fingerprint import digest, request_fingerprint
 from .outcomes import Progress, StageInput
+from .params import param_text
 from .runners import StageRequest
-from .state import RunState
 
 __all__ = ["RunInputs", "request_builder"]
 
@@ -41,15 +41,13 @@ class RunInputs(Protocol):
     def responses(self) -> dict[str, Any]: ...
 
 
-def _text(value: object) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def request_builder(prepared: RunInputs, previous: RunState | None = None) -> Callable[[str, Progress], StageInput]:
+def request_builder(
+    prepared: RunInputs, rejected: Mapping[str, str] | None = None
+) -> Callable[[str, Progress], StageInput]:
     """The function the engine calls to build a stage's input once its needs are done.
 
-    ``previous`` is the stored state: a stage whose last output a person rejected
-    is told so (and why) when it runs again.
+    ``rejected`` maps stages whose last output a person rejected to the note: such a
+    stage is told so (and why) when it runs again.
     """
     plan = prepared.compiled.plan
     workflow = plan.workflow
@@ -75,11 +73,7 @@ def request_builder(prepared: RunInputs, previous: RunState | None = None) -> Ca
         }
     else:
         runner_keys = dict.fromkeys(plan.order, "anthropic")
-    rejected: dict[str, str] = {}
-    if previous is not None:
-        for sid, stage in previous.stages.items():
-            if stage.approval is not None and stage.approval.status == "rejected":
-                rejected[sid] = stage.approval.note
+    rejected = dict(rejected or {})
     ancestors: dict[str, set[str]] = {}
 
     def approvals_above(sid: str, progress: Progress) -> list[str]:
@@ -142,7 +136,7 @@ def request_builder(prepared: RunInputs, previous: RunState | None = None) -> Ca
                 + "\n\nYou audit the output of every other stage, shown below in the order they ran."
             )
         if prepared.params:
-            parts.append("## Params\n\n" + "\n".join(f"- {k}: {_text(v)}" for k, v in prepared.params.items()))
+            parts.append("## Params\n\n" + "\n".join(f"- {k}: {param_text(v)}" for k, v in prepared.params.items()))
         for other in shown:
             outcome = outcomes.get(other)
             if outcome is not None and outcome.status == "failed":

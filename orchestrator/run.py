@@ -16,7 +16,6 @@ back, and the rendered stage prompt.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import shlex
 import time
 import uuid
@@ -35,7 +34,7 @@ from .events import Listener
 from .fingerprint import Memo, Record, digest
 from .loader import load_mapping
 from .lock import TaskLock
-from .params import check_task, parse_param_args, resolve_params
+from .params import check_stage, check_task, param_text, parse_param_args, resolve_params
 from .project import Project
 from .prompts import request_builder
 from .report import render_markdown
@@ -102,7 +101,7 @@ class PreparedRun:
         """The command that runs (or continues) this task, as a user would type it from the project root."""
         parts = ["orchestrate", "run", self.compiled.source, "--task", self.task]
         for name, value in self.params.items():
-            parts += ["--param", f"{name}={_text(value)}"]
+            parts += ["--param", f"{name}={param_text(value)}"]
         if self.offline:
             parts.append("--offline")
         return shlex.join(parts)
@@ -122,18 +121,9 @@ class PreparedRun:
         return out
 
 
-def _text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def _check_stages(plan_stages: Mapping[str, Any], names: Sequence[str], option: str) -> tuple[str, ...]:
     for name in names:
-        if name not in plan_stages:
-            close = difflib.get_close_matches(name, list(plan_stages), n=1)
-            raise UsageError(
-                f"{option} {name}: the workflow has no stage {name!r}",
-                hint=f"did you mean {close[0]!r}?" if close else "stages: " + ", ".join(plan_stages),
-            )
+        check_stage(name, plan_stages, f"{option} {name}: the workflow has no stage {name!r}")
     return tuple(dict.fromkeys(names))
 
 
@@ -233,6 +223,12 @@ class Session:
     spent_usd: float = 0.0
     round: int = 1
     changes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """Stages whose last output a person rejected, with the note: they are told when they rerun."""
+        return {sid: r.rejected for sid, r in self.memo.records.items() if r.rejected is not None}
 
 
 def _sources(prepared: PreparedRun) -> dict[str, str]:
@@ -243,14 +239,14 @@ def _sources(prepared: PreparedRun) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def changes_since(previous: RunState | None, prepared: PreparedRun) -> list[str]:
-    """What differs from the stored run, in words: files of the workflow and its templates, params."""
+def changes_since(previous: RunState | None, prepared: PreparedRun, current: Mapping[str, str]) -> list[str]:
+    """What differs from the stored run, in words: files of the workflow and its templates (``current``
+    maps each to its digest), params."""
     if previous is None:
         return []
     out: list[str] = []
     if previous.workflow != prepared.compiled.plan.workflow.name:
         out.append(f"the task was last run with workflow {previous.workflow!r}")
-    current = _sources(prepared)
     before = previous.sources
     edited = [name for name in current if name in before and before[name] != current[name]]
     added = [name for name in current if name not in before]
@@ -292,6 +288,7 @@ def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str 
                 gate=stage.gate,
                 rejected=rejected,
             )
+    sources = _sources(prepared)
     feedback: dict[str, list[Finding]] = {}
     if resume and previous is not None:
         feedback = {sid: list(stage.feedback) for sid, stage in previous.stages.items() if stage.feedback}
@@ -304,7 +301,8 @@ def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str 
         feedback=feedback,
         spent_usd=(previous.cost_usd or 0.0) if resume and previous is not None else 0.0,
         round=previous.round if resume and previous is not None else 1,
-        changes=changes_since(previous, prepared),
+        changes=changes_since(previous, prepared, sources),
+        sources=sources,
     )
 
 
@@ -351,7 +349,7 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
         budget_usd=prepared.budget_usd,
         audit_stage=plan.audit_stage,
         max_rounds=plan.workflow.audit.max_rounds,
-        sources=_sources(prepared),
+        sources=session.sources if session is not None else _sources(prepared),
         stages=stages,
     )
     if resume and previous is not None:
@@ -419,7 +417,7 @@ async def run_async(
         try:
             return await execute(
                 plan,
-                build_request=request_builder(prepared, previous if session.memo.records else None),
+                build_request=request_builder(prepared, session.rejected),
                 runner_for=lambda sid: chosen,
                 listeners=[store, *listeners],
                 options=EngineOptions(

@@ -48,6 +48,8 @@ from .events import (
     to_json,
 )
 from .fileio import atomic_write
+from .outcomes import RunStatus as Ended
+from .outcomes import StageStatus
 from .runners import Usage
 
 __all__ = [
@@ -67,8 +69,7 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 BATCH_DELAY = 0.005  # seconds the writer lets events gather before writing them
-StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "waiting_approval", "interrupted"]
-RunStatus = Literal["running", "succeeded", "failed", "interrupted", "waiting_approval", "budget_exceeded", "partial"]
+RunStatus = Literal["running", Ended]  # the statuses a run can end with, or still running
 
 
 def timestamp(epoch: float) -> str:
