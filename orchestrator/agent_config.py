@@ -28,7 +28,7 @@ import yaml
 from .errors import ProjectError
 from .fileio import atomic_write
 from .render import RenderedAgent
-from .workflow import AgentSpec, Workflow
+from .workflow import AgentSpec, Permissions, Workflow
 
 __all__ = [
     "TARGETS",
@@ -67,19 +67,40 @@ def build_files(
     for target in targets:
         for agent in agents:
             spec = AgentSpec() if agent.coordinator else workflow.agent_spec(agent.agent)
-            meta = _opencode_frontmatter(agent, spec) if target == "opencode" else _claude_frontmatter(agent, spec)
+            if target == "opencode":
+                meta = _opencode_frontmatter(agent, spec, workflow.permissions)
+            else:
+                meta = _claude_frontmatter(agent, spec)
             content = _document(meta, agent, source)
             files.append(GeneratedFile(f"{target}/agents/{agent.name}.md", content, target, agent.name))
     return sorted(files, key=lambda f: f.path)
 
 
-def _opencode_frontmatter(agent: RenderedAgent, spec: AgentSpec) -> dict[str, Any]:
+# The workflow's tool vocabulary in each client's terms, so an agent run by a CLI can do what it may do via the API.
+CLAUDE_TOOLS = {"read": ("Read",), "edit": ("Edit", "Write"), "search": ("Glob", "Grep"), "bash": ("Bash",)}
+
+
+def _opencode_permission(tools: tuple[str, ...], bash: tuple[str, ...]) -> dict[str, Any]:
+    allowed: dict[str, str] = {}
+    for prefix in bash if "bash" in tools else ():
+        allowed[prefix] = allowed[f"{prefix} *"] = "allow"
+    return {
+        "edit": "allow" if "edit" in tools else "deny",
+        # OpenCode lets the last matching pattern win: the catch-all goes first.
+        "bash": {"*": "deny", **allowed} if allowed else "deny",
+        "webfetch": "deny",
+    }
+
+
+def _opencode_frontmatter(agent: RenderedAgent, spec: AgentSpec, permissions: Permissions) -> dict[str, Any]:
     extra = spec.opencode
     meta: dict[str, Any] = {
         "description": agent.description,
         "mode": "primary" if agent.coordinator else "subagent",
         "model": (extra.model if extra and extra.model else f"anthropic/{agent.model}"),
     }
+    if spec.tools:
+        meta["permission"] = _opencode_permission(spec.tools, (spec.permissions or permissions).bash)
     if extra is not None:
         chosen = extra.model_dump(exclude_none=True, exclude={"model"})
         if "tools" in chosen:
@@ -99,6 +120,8 @@ def _claude_frontmatter(agent: RenderedAgent, spec: AgentSpec) -> dict[str, Any]
     }
     if extra is not None and extra.tools:
         meta["tools"] = ", ".join(extra.tools)
+    elif spec.tools:
+        meta["tools"] = ", ".join(name for tool in spec.tools for name in CLAUDE_TOOLS[tool])
     return meta
 
 

@@ -7,7 +7,8 @@ then write or compare the files. Each CLI command calls one of these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from .agent_config import (
     check_files,
     write_files,
 )
+from .contracts import schema_problems
 from .errors import WorkflowError, WorkflowErrors
 from .graph import Plan, build_plan
-from .loader import load_workflow
+from .loader import load_mapping, load_workflow
 from .project import Project
 from .render import RenderedAgent, Renderer
 from .render.context import COORDINATOR
@@ -43,6 +45,7 @@ class Compiled:
     targets: tuple[Target, ...]
     warnings: tuple[str, ...]
     renderer: Renderer
+    schemas: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # stage id -> its output_schema
 
     @cached_property
     def files(self) -> tuple[GeneratedFile, ...]:
@@ -81,7 +84,9 @@ def compile_workflow(workflow_path: Path, project: Project, targets: tuple[Targe
     plan, source, data = load_plan(workflow_path, project)
     _check_config_names(plan)
     renderer = Renderer(project, plan, source, data)
-    WorkflowErrors.raise_if_any(renderer.check())
+    errors = renderer.check()
+    schemas = _load_schemas(plan, project, errors)
+    WorkflowErrors.raise_if_any(errors)
     rendered = tuple(renderer.render_agents())
     return Compiled(
         project=project,
@@ -91,6 +96,7 @@ def compile_workflow(workflow_path: Path, project: Project, targets: tuple[Targe
         targets=targets,
         warnings=(*plan.warnings, *renderer.warnings),
         renderer=renderer,
+        schemas=schemas,
     )
 
 
@@ -112,3 +118,35 @@ def _check_config_names(plan: Plan) -> None:
                 location=workflow.locate("stages", index, "agent"),
                 hint="rename the agent (its template can still be any file via agents.<name>.template)",
             )
+
+
+def _load_schemas(plan: Plan, project: Project, errors: list[WorkflowError]) -> dict[str, dict[str, Any]]:
+    """Each stage's output_schema, read from its file if it names one, and checked as a JSON Schema."""
+    workflow = plan.workflow
+    out: dict[str, dict[str, Any]] = {}
+    for index, stage in enumerate(workflow.stages):
+        if stage.output_schema is None:
+            continue
+        location = workflow.locate("stages", index, "output_schema")
+        schema: Any = stage.output_schema
+        shown = "output_schema"
+        if isinstance(schema, str):
+            path = project.root / schema
+            shown = schema
+            try:
+                schema = load_mapping(path, display=project.display(path), what="output schema")
+            except WorkflowError as exc:
+                errors.append(WorkflowError(exc.message, location=exc.location or location, hint=exc.hint))
+                continue
+        problems = schema_problems(schema)
+        if problems:
+            errors.append(
+                WorkflowError(
+                    f"stage {stage.id!r}: {shown} is not a usable JSON Schema: " + "; ".join(problems[:3]),
+                    location=location,
+                    hint="structured outputs take a JSON Schema whose top level is {type: object, properties: ...}",
+                )
+            )
+            continue
+        out[stage.id] = dict(schema)
+    return out

@@ -16,7 +16,7 @@ import networkx as nx
 
 from .drawing import Drawing, render
 from .errors import WorkflowError, WorkflowErrors
-from .workflow import AUDITOR_AGENT, StageSpec, Workflow
+from .workflow import AUDITOR_AGENT, Permissions, StageSpec, Workflow
 
 __all__ = ["Plan", "build_plan", "render_graph"]
 
@@ -54,6 +54,42 @@ class Plan:
             return ""
         return stage.model or self.workflow.agent_spec(stage.agent).model or self.workflow.defaults.model
 
+    def runner_for(self, stage_id: str) -> str:
+        """What runs a stage: "shell" for a run: command, "" for an approval gate, else the stage's runner,
+        its agent's, or "anthropic"."""
+        stage = self.stages[stage_id]
+        if stage.run is not None:
+            return "shell"
+        if stage.agent is None:
+            return ""
+        return stage.runner or self.workflow.agent_spec(stage.agent).runner or "anthropic"
+
+    def tools_for(self, stage_id: str) -> tuple[str, ...]:
+        agent = self.stages[stage_id].agent
+        return self.workflow.agent_spec(agent).tools if agent else ()
+
+    def permissions_for(self, stage_id: str) -> Permissions:
+        """The stage's own permissions, else its agent's, else the workflow's."""
+        stage = self.stages[stage_id]
+        agent = self.workflow.agent_spec(stage.agent).permissions if stage.agent else None
+        return stage.permissions or agent or self.workflow.permissions
+
+    def max_turns_for(self, stage_id: str) -> int:
+        agent = self.stages[stage_id].agent
+        own = self.workflow.agent_spec(agent).max_turns if agent else None
+        return own or self.workflow.defaults.max_turns
+
+    def writes_for(self, stage_id: str) -> tuple[str, ...]:
+        """The stage's write scope: as declared; else everything for a stage that can change files (a
+        command, an agent CLI, an agent with edit or bash), nothing for one that only reads or writes text."""
+        stage = self.stages[stage_id]
+        if stage.writes is not None:
+            return stage.writes
+        runner = self.runner_for(stage_id)
+        if runner in ("shell", "claude-code", "opencode") or {"edit", "bash"} & set(self.tools_for(stage_id)):
+            return ("**",)
+        return ()
+
     def model_for_agent(self, agent: str) -> str:
         return self.workflow.agent_spec(agent).model or self.workflow.defaults.model
 
@@ -85,7 +121,9 @@ class Plan:
             name=self.workflow.name,
             order=self.order,
             needs={sid: self.stages[sid].needs for sid in self.order},
-            agents={sid: self.stages[sid].agent or "approval" for sid in self.order},
+            agents={
+                sid: self.stages[sid].agent or ("command" if self.stages[sid].run else "approval") for sid in self.order
+            },
             models={sid: self.model_for(sid) for sid in self.order},
             audit_stage=self.audit_stage,
             waves=self.waves,
@@ -222,6 +260,14 @@ def _audit_stage(
             location=workflow.locate("stages", index, "continue_on_failure"),
             hint="remove continue_on_failure from the audit stage",
         )
+    audit = stages[audit_id]
+    for field_name, what in (("foreach", "fan out"), ("condition", "be conditional"), ("run", "run a command")):
+        if getattr(audit, field_name):
+            raise WorkflowError(
+                f"the audit stage {audit_id!r} can't {what}: it runs once, last, and gates the result",
+                location=workflow.locate("stages", index, "if" if field_name == "condition" else field_name),
+                hint=f"move the {'if' if field_name == 'condition' else field_name} to another stage",
+            )
     after = sorted(graph.successors(audit_id))
     if after:
         raise WorkflowError(

@@ -31,6 +31,7 @@ from .errors import Location
 __all__ = [
     "AUDITOR_AGENT",
     "DEFAULT_MODEL",
+    "TOOL_NAMES",
     "AgentSpec",
     "AuditPolicy",
     "Budget",
@@ -40,6 +41,7 @@ __all__ = [
     "OpenCodeOptions",
     "OpenCodePermission",
     "ParamSpec",
+    "Permissions",
     "PipelineGroup",
     "PipelineStage",
     "Price",
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
+TOOL_NAMES = ("read", "edit", "search", "bash")
+RUNNERS = ("anthropic", "claude-code", "opencode")
 AUDITOR_AGENT = "auditor"
 ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 PARAM_RE = re.compile(r"[a-z_][a-z0-9_]{0,63}")
@@ -162,6 +166,9 @@ class Defaults(_Model):
     timeout: float = Field(
         1800, gt=0, le=86_400, description="Seconds a stage may take in all, retries included, before it fails."
     )
+    max_turns: int = Field(
+        30, ge=1, le=1000, description="Model turns a tool-using stage may take before it fails (tool loops end)."
+    )
 
 
 class Price(_Model):
@@ -268,8 +275,34 @@ class ClaudeOptions(_Model):
     )
 
 
+def _check_command_prefix(value: str) -> str:
+    if not value.strip() or "\n" in value or "\x00" in value:
+        raise ValueError(f"{value!r} is not a command prefix: give the start of a command, such as 'pytest'")
+    return value
+
+
+class Permissions(_Model):
+    """What the ``bash`` tool may run. Off unless granted."""
+
+    bash: tuple[Annotated[StrictStr, AfterValidator(_check_command_prefix)], ...] = Field(
+        (),
+        description="Commands the bash tool may run: a command runs only if its words start with one of these "
+        "(e.g. 'pytest', 'npm test', 'git diff').",
+    )
+    shell: bool = Field(
+        False,
+        description="Allow shell syntax (pipes, &&, redirections) in bash commands; each command in it must "
+        "still start with an allowed prefix.",
+    )
+    bash_timeout: float = Field(120, gt=0, le=86_400, description="Seconds one bash command may take.")
+
+
+Tool = Literal["read", "edit", "search", "bash"]
+RunnerName = Literal["anthropic", "claude-code", "opencode"]
+
+
 class AgentSpec(_Model):
-    """An agent type: its instructions template and static model routing."""
+    """An agent type: its instructions template, static model routing, tools and runner."""
 
     template: TemplateName | None = Field(
         None, description="Instructions template under content/instructions/; defaults to <agent>.md."
@@ -278,6 +311,27 @@ class AgentSpec(_Model):
     description: str | None = Field(None, description="One line saying what the agent does; tools show it.")
     opencode: OpenCodeOptions | None = Field(None, description="Settings only for the OpenCode config.")
     claude: ClaudeOptions | None = Field(None, description="Settings only for the Claude Code config.")
+    tools: tuple[Tool, ...] = Field(
+        (),
+        description="Tools the agent may use in the workspace when run through the API: read, edit, search, bash "
+        "(bash also needs permissions).",
+    )
+    max_turns: int | None = Field(
+        None, ge=1, le=1000, description="Model turns a stage of this agent may take (default: defaults.max_turns)."
+    )
+    runner: RunnerName | None = Field(
+        None,
+        description="What runs the agent's stages: anthropic (the API, default), claude-code or opencode (the CLI).",
+    )
+    permissions: Permissions | None = Field(
+        None, description="What the agent's bash tool may run (overrides the workflow's permissions)."
+    )
+
+    @model_validator(mode="after")
+    def _tools_unique(self) -> AgentSpec:
+        if len(set(self.tools)) != len(self.tools):
+            raise ValueError("tools lists a tool twice")
+        return self
 
     def template_name(self, agent: str) -> str:
         return self.template or f"{agent}.md"
@@ -301,8 +355,22 @@ class AuditPolicy(_Model):
     )
 
 
+def _check_env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _check_scope(value: str) -> str:
+    _check_relpath(value.rstrip("/") or value)
+    return value
+
+
 class _StagePolicy(_Model):
-    """What a stage does besides its text: gates, retries, limits. Shared by both workflow forms."""
+    """What a stage does besides its text: gates, retries, limits, tools, contracts, fan-out.
+    Shared by both workflow forms."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, populate_by_name=True)
 
     type: Literal["agent", "approval"] = Field(
         "agent", description="'agent' (default): an agent runs the stage. 'approval': a pure gate with no agent."
@@ -322,6 +390,45 @@ class _StagePolicy(_Model):
         False, description="If the stage fails, its dependents still run and are told about the failure."
     )
     budget: Budget | None = Field(None, description="Most this stage may spend, every try counted.")
+    runner: RunnerName | None = Field(
+        None, description="What runs this stage: anthropic (default), claude-code or opencode (overrides the agent's)."
+    )
+    permissions: Permissions | None = Field(
+        None, description="What this stage's bash tool may run (overrides the agent's and the workflow's)."
+    )
+    run: StrictStr | None = Field(
+        None,
+        description="A shell command run instead of an agent (e.g. 'pytest -q'): its exit code decides, the tails "
+        "of its stdout and stderr are the stage's output.",
+    )
+    env: dict[Annotated[StrictStr, AfterValidator(_check_env_name)], StrictStr] = Field(
+        default_factory=dict, description="Environment variables for the run: command (secrets are never inherited)."
+    )
+    cwd: RelPath | None = Field(None, description="Folder the run: command starts in, relative to the project root.")
+    writes: tuple[Annotated[StrictStr, AfterValidator(_check_scope)], ...] | None = Field(
+        None,
+        description="Paths or globs the stage may change (e.g. 'backend/**'). Stages whose scopes overlap never "
+        "run together; a change outside the scope fails the stage. May use {{ item }} in a foreach stage.",
+    )
+    output_schema: dict[StrictStr, Any] | RelPath | None = Field(
+        None,
+        description="JSON Schema (inline, or a .json/.yaml file relative to the project root) of the stage's "
+        "structured output; saved as stages/<id>.json and readable by later prompts as data.",
+    )
+    foreach: StrictStr | None = Field(
+        None,
+        description="Fan out: an expression giving a list (e.g. '{{ stages.plan.output.tasks }}'); the stage runs "
+        "once per item, as <id>[0], <id>[1], ..., each seeing its item as `item`.",
+    )
+    foreach_key: Annotated[StrictStr, AfterValidator(_check_param_name)] | None = Field(
+        None, description="Name instances by this field of each item (<id>[<value>]) instead of by position."
+    )
+    condition: StrictStr | None = Field(
+        None,
+        alias="if",
+        description="Run the stage only if this expression over params and upstream outputs is true "
+        '(e.g. "params.with_ui"); otherwise it is skipped, its dependents still run.',
+    )
 
     @property
     def gated(self) -> bool:
@@ -332,13 +439,35 @@ class _StagePolicy(_Model):
         return self.approval if isinstance(self.approval, str) else ""
 
 
-def _check_gate(type_: str, agent: str | None, values: Mapping[str, Any]) -> None:
-    if type_ == "approval":
-        extra = [key for key in ("agent", "prompt", "model", "retries") if values.get(key)]
+_AGENT_ONLY = ("prompt", "model", "runner", "permissions", "output_schema")
+
+
+def _check_kind(stage: _StagePolicy, agent: str | None, prompt: str | None, model: str | None) -> None:
+    """One of three kinds: an agent runs it, a shell command runs it, or a person approves it."""
+    values: dict[str, Any] = {
+        **{name: getattr(stage, name) for name in ("retries", "runner", "permissions", "output_schema", "run")},
+        "agent": agent,
+        "prompt": prompt,
+        "model": model,
+        "foreach": stage.foreach,
+        "writes": stage.writes,
+    }
+    if stage.type == "approval":
+        extra = [key for key in ("agent", "run", "foreach", "writes", *_AGENT_ONLY, "retries") if values.get(key)]
         if extra:
-            raise ValueError(f"an approval stage has no agent, so it takes no {', '.join(extra)}")
+            raise ValueError(f"an approval stage has no agent, so it takes no {', '.join(dict.fromkeys(extra))}")
+    elif stage.run is not None:
+        if not stage.run.strip():
+            raise ValueError("run: is empty; give the command to run")
+        extra = [key for key in ("agent", *_AGENT_ONLY) if values.get(key)]
+        if extra:
+            raise ValueError(f"a run: stage runs a command, not an agent, so it takes no {', '.join(extra)}")
     elif agent is None:
-        raise ValueError("a stage needs an agent (or type: approval for a gate a person approves)")
+        raise ValueError("a stage needs an agent, a run: command, or type: approval for a gate a person approves")
+    if stage.run is None and (stage.env or stage.cwd):
+        raise ValueError("env and cwd apply to run: commands; this stage has no run:")
+    if stage.foreach_key and not stage.foreach:
+        raise ValueError("foreach_key names instances of a foreach stage; this stage has no foreach")
 
 
 class StageSpec(_StagePolicy):
@@ -368,12 +497,21 @@ class StageSpec(_StagePolicy):
             if need in seen:
                 raise ValueError(f"needs lists {need!r} twice")
             seen.add(need)
-        _check_gate(self.type, self.agent, {k: getattr(self, k) for k in ("agent", "prompt", "model", "retries")})
+        _check_kind(self, self.agent, self.prompt, self.model)
         return self
 
     @property
     def runs_agent(self) -> bool:
         return self.agent is not None
+
+    @property
+    def is_shell(self) -> bool:
+        return self.run is not None
+
+    @property
+    def has_output(self) -> bool:
+        """It produces an output later stages read: an agent's reply or a command's output."""
+        return self.agent is not None or self.run is not None
 
 
 @dataclass
@@ -438,6 +576,10 @@ class _WorkflowBase(_Model):
     audit: AuditPolicy = Field(
         default_factory=AuditPolicy, description="Audit policy: how many rounds of rework a failed audit may ask for."
     )
+    permissions: Permissions = Field(
+        default_factory=Permissions,
+        description="What bash tools may run, for every agent that doesn't set its own (bash is off by default).",
+    )
 
     _source: SourceMap | None = PrivateAttr(default=None)
 
@@ -480,9 +622,9 @@ class PipelineStage(_StagePolicy):
     def _one_output_form(self) -> PipelineStage:
         if self.output is not None and self.outputs:
             raise ValueError("give either output: or outputs:, not both")
-        _check_gate(self.type, self.agent, {k: getattr(self, k) for k in ("agent", "prompt", "model", "retries")})
+        _check_kind(self, self.agent, self.prompt, self.model)
         if self.stage is None and self.agent is None:
-            raise ValueError("an approval stage needs a stage: name")
+            raise ValueError("a stage without an agent (an approval gate or a run: command) needs a stage: name")
         return self
 
 

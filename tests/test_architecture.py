@@ -19,6 +19,8 @@ HOMES = {
     "jinja2": {"render/sandbox.py", "render/checks.py", "render/renderer.py"},
     "anthropic": {"runners/anthropic.py"},
     "rich": {"console.py"},
+    "jsonschema": {"contracts.py"},
+    "referencing": {"contracts.py"},
 }
 
 

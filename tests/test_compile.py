@@ -246,6 +246,30 @@ def test_tool_specific_settings_reach_only_their_tool(project: TempProject, cli:
     }
 
 
+def test_an_agents_tools_and_bash_policy_reach_both_tools_configs(project: TempProject, cli: CliRunner) -> None:
+    project.workflow(
+        """
+        name: feature
+        permissions: {bash: ["pytest"]}
+        agents:
+          build: {tools: [read, edit, bash]}
+          plan: {tools: [read, search]}
+        stages: [{agent: plan}, {agent: build, needs: [plan]}]
+        """
+    )
+    assert cli("compile", "workflows/feature.yaml", cwd=project.root).code == 0
+    build_oc, _, _ = frontmatter(project.root / "output/opencode/agents/feature-build.md")
+    plan_oc, _, _ = frontmatter(project.root / "output/opencode/agents/feature-plan.md")
+    build_cc, _, _ = frontmatter(project.root / "output/claude/agents/feature-build.md")
+    plan_cc, _, _ = frontmatter(project.root / "output/claude/agents/feature-plan.md")
+    assert build_cc["tools"] == "Read, Edit, Write, Bash"
+    assert plan_cc["tools"] == "Read, Glob, Grep"
+    # OpenCode lets the last matching pattern win, so the catch-all deny comes first.
+    assert list(build_oc["permission"]["bash"].items()) == [("*", "deny"), ("pytest", "allow"), ("pytest *", "allow")]
+    assert build_oc["permission"]["edit"] == "allow"
+    assert plan_oc["permission"] == {"edit": "deny", "bash": "deny", "webfetch": "deny"}
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

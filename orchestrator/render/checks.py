@@ -22,7 +22,7 @@ from ..project import INSTRUCTIONS_DIR
 from .context import COMPILE_TIME_NAMES, COORDINATOR, PROMPT_NAMES, RUN_TIME_ONLY_NAMES
 from .sandbox import BUILTIN_PREFIX, ConfinedLoader, Sandbox
 
-__all__ = ["TemplateChecker", "prompt_location"]
+__all__ = ["TemplateChecker", "as_template", "field_location", "prompt_location"]
 
 JINJA_DOCS = "https://jinja.palletsprojects.com/en/stable/templates/"
 
@@ -34,6 +34,19 @@ def prompt_location(plan: Plan, stage_id: str, line: int) -> Location:
     if index is None:
         return wf.locate()
     return wf.locate("stages", index, "prompt", line_offset=line - 1)
+
+
+def field_location(plan: Plan, stage_id: str, field_name: str) -> Location:
+    """Where a field of a stage sits in the workflow file."""
+    wf = plan.workflow
+    index = next((i for i, s in enumerate(wf.stages) if s.id == stage_id), None)
+    return wf.locate() if index is None else wf.locate("stages", index, field_name)
+
+
+def as_template(expression: str) -> str:
+    """An ``if``/``foreach`` value as a template: ``params.x`` and ``{{ params.x }}`` mean the same."""
+    text = expression.strip()
+    return text if text.startswith("{{") and text.endswith("}}") else "{{ " + text + " }}"
 
 
 @dataclass(frozen=True)
@@ -180,33 +193,69 @@ class TemplateChecker:
         return errors
 
     def check_prompt(self, stage_id: str) -> list[WorkflowError]:
+        """The stage's run-time texts: its prompt, its ``if`` and ``foreach`` expressions, its write scope."""
         stage = self.plan.stages[stage_id]
-        if not stage.prompt:
-            return []
+        texts: list[tuple[str, str, frozenset[str]]] = []
+        item = frozenset({"item"}) if stage.foreach else frozenset()
+        if stage.prompt:
+            texts.append(("prompt", stage.prompt, item))
+        if stage.condition:
+            texts.append(("if", as_template(stage.condition), frozenset()))
+        if stage.foreach:
+            texts.append(("foreach", as_template(stage.foreach), frozenset()))
+        for pattern in stage.writes or ():
+            texts.append(("writes", pattern, item))
+        for pattern in stage.outputs:
+            if "{" in pattern:
+                texts.append(("outputs", pattern, item))
+        errors: list[WorkflowError] = []
+        read: set[str] = set()
+        for field_name, text, extra in texts:
+            errors.extend(self._check_run_text(stage_id, field_name, text, extra, read))
+        if read:
+            self._stages_read[stage_id] = frozenset(read)
+        return errors
+
+    def _check_run_text(
+        self, stage_id: str, field_name: str, text: str, extra: frozenset[str], read: set[str]
+    ) -> list[WorkflowError]:
+        stage = self.plan.stages[stage_id]
+        what = "the prompt" if field_name == "prompt" else f"the {field_name} of"
+        what = f"{what} of stage {stage_id!r}" if field_name == "prompt" else f"{what} stage {stage_id!r}"
+
+        def where(line: int) -> Location:
+            if field_name == "prompt":
+                return prompt_location(self.plan, stage_id, line)
+            return field_location(self.plan, stage_id, field_name)
+
         try:
-            info = self.analyze(stage.prompt)
-            self._stages_read[stage_id] = frozenset(key for base, key, _ in info.lookups if base == "stages")
+            info = self.analyze(text)
         except TemplateSyntaxError as exc:
-            return [
-                WorkflowError(
-                    f"syntax error in the prompt of stage {stage_id!r}: {exc.message}",
-                    location=prompt_location(self.plan, stage_id, exc.lineno),
-                )
-            ]
+            return [WorkflowError(f"syntax error in {what}: {exc.message}", location=where(exc.lineno))]
+        read.update(key for base, key, _ in info.lookups if base == "stages")
         errors: list[WorkflowError] = []
         for var, line in info.names:
-            if var not in PROMPT_NAMES and var not in self.env.globals:
-                errors.append(self.bad_name(var, prompt_location(self.plan, stage_id, line), compile_time=False))
+            if var not in PROMPT_NAMES and var not in extra and var not in self.env.globals:
+                if var == "item":
+                    errors.append(
+                        WorkflowError(
+                            f"{what} uses item, which only a foreach stage has",
+                            location=where(line),
+                            hint="add foreach: to the stage, or drop item",
+                        )
+                    )
+                    continue
+                errors.append(self.bad_name(var, where(line), compile_time=False))
         params = sorted(self.plan.workflow.params)
         upstream: set[str] | None = None
         for base, key, line in info.lookups:
-            where = prompt_location(self.plan, stage_id, line)
+            at = where(line)
             if base == "params" and key not in params:
                 close = difflib.get_close_matches(key, params, n=1)
                 errors.append(
                     WorkflowError(
-                        f"the prompt of stage {stage_id!r} uses params.{key}, which the workflow does not declare",
-                        location=where,
+                        f"{what} uses params.{key}, which the workflow does not declare",
+                        location=at,
                         hint=f"did you mean params.{close[0]}?" if close else f"declare it under params: {key}: ...",
                     )
                 )
@@ -221,8 +270,8 @@ class TemplateChecker:
                     hint = f"no stage is called {key!r}; upstream: " + (", ".join(sorted(upstream)) or "none")
                 errors.append(
                     WorkflowError(
-                        f"the prompt of stage {stage_id!r} reads stages.{key}, which is not upstream of it",
-                        location=where,
+                        f"{what} reads stages.{key}, which is not upstream of it",
+                        location=at,
                         hint=hint,
                     )
                 )

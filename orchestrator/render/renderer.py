@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from jinja2 import Template, TemplateError, TemplateNotFound, TemplateSyntaxError
+from jinja2 import Template, TemplateError, TemplateNotFound, TemplateSyntaxError, Undefined
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from ..errors import Location, WorkflowError
 from ..graph import Plan
 from ..project import INSTRUCTIONS_DIR, Project
-from .checks import TemplateChecker, prompt_location
+from .checks import TemplateChecker, field_location, prompt_location
 from .context import COORDINATOR, instruction_context, stage_dicts
 from .sandbox import BUILTIN_PREFIX, Loaded, make_environment
 
@@ -156,6 +156,46 @@ class Renderer:
                 location=prompt_location(self.plan, stage_id, exc.lineno),
             ) from None
         return self._render(template.render, dict(values), f"the prompt of stage {stage_id!r}", stage_id=stage_id)
+
+    def evaluate(self, stage_id: str, field_name: str, expression: str, values: Mapping[str, Any]) -> Any:
+        """The value of a stage's ``if`` or ``foreach`` expression (bare, or wrapped in ``{{ }}``)."""
+        text = expression.strip()
+        if text.startswith("{{") and text.endswith("}}"):
+            text = text[2:-2].strip()
+        what = f"the {field_name} of stage {stage_id!r}"
+        location = field_location(self.plan, stage_id, field_name)
+        try:
+            compiled = self.env.compile_expression(text, undefined_to_none=False)
+        except TemplateSyntaxError as exc:
+            raise WorkflowError(f"syntax error in {what}: {exc.message}", location=location) from None
+
+        def run(context: dict[str, Any]) -> Any:
+            value = compiled(**context)
+            if isinstance(value, Undefined):
+                value._fail_with_undefined_error()
+            return value
+
+        try:
+            return run(dict(values))
+        except WorkflowError:
+            raise
+        except (SecurityError, UndefinedError, TemplateError, ArithmeticError, TypeError, ValueError) as exc:
+            raise WorkflowError(f"{what} could not be evaluated: {exc}", location=location) from None
+        except (AttributeError, LookupError) as exc:
+            raise WorkflowError(f"{what} could not be evaluated: {exc}", location=location) from None
+
+    def render_text(self, stage_id: str, field_name: str, text: str, values: Mapping[str, Any]) -> str:
+        """A short run-time text of a stage (a write scope pattern) rendered with the stage's values."""
+        if "{" not in text:
+            return text
+        what = f"the {field_name} of stage {stage_id!r}"
+        try:
+            template = self.env.from_string(text)
+        except TemplateSyntaxError as exc:
+            raise WorkflowError(
+                f"syntax error in {what}: {exc.message}", location=field_location(self.plan, stage_id, field_name)
+            ) from None
+        return self._render(template.render, dict(values), what, stage_id=stage_id)
 
     # -- helpers -------------------------------------------------------------------------------------
 
