@@ -21,6 +21,7 @@ from .events import (
     Event,
     RunFinished,
     RunStarted,
+    StageExpanded,
     StageFailed,
     StageRetrying,
     StageReused,
@@ -74,7 +75,8 @@ def describe(event: Event) -> str:
         )
     if isinstance(event, StageStarted):
         why = f" — {event.reason}" if event.reason else ""
-        return f"{event.stage}: started ({event.agent}, {event.model}){why}"
+        who = f" ({event.agent}, {event.model})" if event.agent else " (command)"
+        return f"{event.stage}: started{who}{why}"
     if isinstance(event, StageReused):
         return f"{event.stage}: kept ({event.reason})"
     if isinstance(event, AttemptFinished) and event.attempt.error:
@@ -88,6 +90,11 @@ def describe(event: Event) -> str:
         return f"{event.stage}: {what} after {format_duration(event.duration)}: {event.error}"
     if isinstance(event, StageSkipped):
         return f"{event.stage}: skipped: {event.reason}"
+    if isinstance(event, StageExpanded):
+        count = len(event.instances)
+        return f"{event.stage}: {count} item{'s' if count != 1 else ''}" + (
+            f" → {', '.join(event.instances[:6])}{' …' if count > 6 else ''}" if count else ", nothing to do"
+        )
     if isinstance(event, ApprovalRequested):
         message = f": {event.message}" if event.message else ""
         return f"{event.stage}: waiting for approval{message}"

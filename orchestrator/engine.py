@@ -40,6 +40,7 @@ from .events import (
     Listener,
     RunFinished,
     RunStarted,
+    StageExpanded,
     StageFailed,
     StageRetrying,
     StageReused,
@@ -47,14 +48,17 @@ from .events import (
     StageStarted,
     StageSucceeded,
 )
+from .fanout import FanOut, name_instances
 from .fingerprint import Recalled, digest
 from .graph import Plan
 from .outcomes import (
     Decision,
     EngineOptions,
     Gates,
+    Guard,
     Memory,
     NoGates,
+    NoGuard,
     NoMemory,
     Progress,
     RunOutcome,
@@ -63,6 +67,7 @@ from .outcomes import (
     StageOutcome,
 )
 from .runners import AttemptRecord, Runner, Usage
+from .scopes import scopes_overlap
 
 __all__ = [
     "Decision",
@@ -81,6 +86,17 @@ _RUNNING = StageOutcome("running")  # shared: a running stage has nothing of its
 
 RequestBuilder = Callable[[str, Progress], StageInput]
 Pricer = Callable[[Usage, str], "float | None"]
+# A stage's ``if``: the reason to skip it, or None to run it. Its ``foreach``: the list of items.
+Condition = Callable[[str, Progress], "str | None"]
+Expander = Callable[[str, Progress], Any]
+
+
+def _no_condition(sid: str, progress: Progress) -> str | None:
+    return None
+
+
+def _no_items(sid: str, progress: Progress) -> Any:
+    return []
 
 
 def _add_cost(total: float | None, part: float | None) -> float | None:
@@ -114,6 +130,9 @@ class _Run:
         memory: Memory,
         gates: Gates,
         feedback: Mapping[str, list[Finding]],
+        guard: Guard,
+        condition: Condition,
+        expand: Expander,
     ) -> None:
         self.plan = plan
         self.build_request = build_request
@@ -124,7 +143,14 @@ class _Run:
         self.clock = clock
         self.memory = memory
         self.gates = gates
-        self.index = {sid: i for i, sid in enumerate(plan.order)}
+        self.guard = guard
+        self.condition = condition
+        self.expand = expand
+        self.fanout = FanOut()
+        self.scopes: dict[str, tuple[str, ...]] = {}
+        self.conflicts: dict[tuple[str, str], bool] = {}
+        self.overlapped: dict[str, set[str]] = {}
+        self.index = {sid: (i, -1) for i, sid in enumerate(plan.order)}
         self.models = {sid: plan.model_for(sid) for sid in plan.order}
         self.outcomes: dict[str, StageOutcome] = {sid: StageOutcome("pending") for sid in plan.order}
         self.progress = Progress(self.outcomes, {k: list(v) for k, v in feedback.items()}, {}, options.round)
@@ -138,7 +164,7 @@ class _Run:
         self.budget_note = ""
         self.waiting_gates: dict[str, StageInput] = {}
         self.waiting: dict[str, int] = {}
-        self.ready: list[tuple[int, str]] = []
+        self.ready: list[tuple[tuple[int, int], str]] = []
         self.finished: asyncio.Queue[tuple[str, StageOutcome]] = asyncio.Queue()
 
     def emit(self, event: Event) -> None:
@@ -178,9 +204,18 @@ class _Run:
         try:
             while True:
                 while self.ready and len(running) < self.options.max_parallel and not self._halted():
-                    _, sid = heapq.heappop(self.ready)
-                    running[sid] = asyncio.create_task(self._stage(sid), name=f"stage {sid}")
+                    next_sid = self._pop_ready()
+                    if next_sid is None:  # every ready stage would write where a running one writes
+                        break
+                    if not self._dispatch(next_sid):
+                        continue
+                    for other in running:
+                        self.overlapped.setdefault(other, set()).add(next_sid)
+                    self.overlapped[next_sid] = set(running)
+                    running[next_sid] = asyncio.create_task(self._stage(next_sid), name=f"stage {next_sid}")
                 if not running:
+                    if self.ready and not self._halted():
+                        continue
                     break
                 batch = await self._next_batch()
                 for sid, outcome in sorted(batch, key=lambda item: self.index[item[0]]):
@@ -218,6 +253,102 @@ class _Run:
             )
         return RunOutcome(status, self.outcomes, self.verdict, usage, cost, duration, self.budget_note, waiting)
 
+    # -- what starts next ----------------------------------------------------------------------------
+
+    def _spec_id(self, sid: str) -> str:
+        return self.fanout.parent_of.get(sid, sid)
+
+    def _scope(self, sid: str) -> tuple[str, ...]:
+        if sid not in self.scopes:
+            self.scopes[sid] = self.guard.scope(sid, self.progress.instances.get(sid))
+        return self.scopes[sid]
+
+    def _conflicts(self, a: str, b: str) -> bool:
+        key = (a, b) if a < b else (b, a)
+        if key not in self.conflicts:
+            self.conflicts[key] = scopes_overlap(self._scope(a), self._scope(b))
+        return self.conflicts[key]
+
+    def _pop_ready(self) -> str | None:
+        """The first ready stage whose write scope overlaps no running stage's; the others stay ready."""
+        blocked: list[tuple[tuple[int, int], str]] = []
+        found: str | None = None
+        while self.ready:
+            entry = heapq.heappop(self.ready)
+            sid = entry[1]
+            if self._scope(sid) and any(self._conflicts(sid, other) for other in self.tasks):
+                blocked.append(entry)
+                continue
+            found = sid
+            break
+        for entry in blocked:
+            heapq.heappush(self.ready, entry)
+        return found
+
+    def _dispatch(self, sid: str) -> bool:
+        """Decide a stage's ``if`` and expand its ``foreach`` before it takes a slot; False when it
+        needs no task of its own (skipped, failed to decide, or replaced by its instances)."""
+        if sid in self.fanout.parent_of:
+            return True
+        stage = self.plan.stages[sid]
+        if stage.condition is not None:
+            try:
+                skip = self.condition(sid, self.progress)
+            except OrchestrateError as exc:
+                self._settle(sid, self._fail(sid, time.monotonic(), _Ledger(), exc.message))
+                return False
+            if skip is not None:
+                self.emit(StageSkipped(self.clock(), sid, skip, True))
+                self._settle(sid, StageOutcome("skipped", error=skip, conditional=True))
+                return False
+        if stage.foreach is None:
+            return True
+        try:
+            instances = name_instances(sid, self.expand(sid, self.progress), stage.foreach_key)
+        except OrchestrateError as exc:
+            self._settle(sid, self._fail(sid, time.monotonic(), _Ledger(), exc.message))
+            return False
+        except ValueError as exc:
+            self._settle(sid, self._fail(sid, time.monotonic(), _Ledger(), str(exc)))
+            return False
+        ids = self.fanout.add(sid, instances)
+        self.emit(StageExpanded(self.clock(), sid, tuple(ids), tuple(i.item for i in instances)))
+        self.outcomes[sid] = StageOutcome("running")
+        for iid, instance in zip(ids, instances, strict=True):
+            self.progress.instances[iid] = instance
+            self.outcomes[iid] = StageOutcome("pending")
+            self.index[iid] = (self.index[sid][0], instance.index)
+            self.models[iid] = self.models[sid]
+            self.scopes.pop(iid, None)
+            heapq.heappush(self.ready, (self.index[iid], iid))
+        if not ids:
+            self._settle(sid, self._combine(sid))
+        return False
+
+    def _combine(self, sid: str) -> StageOutcome:
+        """A foreach stage's outcome from its instances', recorded like any stage's."""
+        outcome = self.fanout.combine(sid, self.outcomes)
+        members = self.fanout.members[sid]
+        outcome.fingerprint = digest("\n".join(self.outcomes[i].fingerprint for i in members), 64)
+        if outcome.status == "succeeded":
+            self.emit(
+                StageSucceeded(
+                    self.clock(),
+                    sid,
+                    round(outcome.duration, 3),
+                    outcome.usage,
+                    outcome.cost_usd,
+                    outcome.output,
+                    outcome.data,
+                    outcome.fingerprint,
+                    {i: self.outcomes[i].fingerprint[:16] for i in members},
+                    digest(outcome.output, 64),
+                )
+            )
+        else:
+            self.emit(StageFailed(self.clock(), sid, round(outcome.duration, 3), outcome.error or "failed"))
+        return outcome
+
     def _halted(self) -> bool:
         return self.stopping or bool(self.budget_note)
 
@@ -242,8 +373,15 @@ class _Run:
     def _settle(self, sid: str, outcome: StageOutcome) -> None:
         """Record a stage's outcome and release or skip what depends on it."""
         self.outcomes[sid] = outcome
+        if sid in self.fanout.parent_of:  # an instance: its stage settles once all of its instances have
+            parent = self.fanout.settle(sid)
+            if parent is not None:
+                self._settle(parent, self._combine(parent))
+            return
         stage = self.plan.stages[sid]
-        if outcome.status == "succeeded":
+        if outcome.conditional:
+            self._release(sid)
+        elif outcome.status == "succeeded":
             if sid == self.plan.audit_stage and self._audit_sends_back(outcome):
                 return
             self._release(sid)
@@ -254,7 +392,7 @@ class _Run:
                 self._skip_downstream(sid)
 
     def _release(self, sid: str) -> None:
-        for dependent in self.plan.dependents[sid]:
+        for dependent in self.plan.dependents.get(sid, ()):
             self.waiting[dependent] -= 1
             if self.waiting[dependent] == 0 and self.outcomes[dependent].status == "pending":
                 heapq.heappush(self.ready, (self.index[dependent], dependent))
@@ -264,14 +402,14 @@ class _Run:
             return "interrupted"
         if self.budget_note:
             return "budget_exceeded"
-        statuses = {sid: o.status for sid, o in self.outcomes.items()}
+        statuses = {sid: self.outcomes[sid].status for sid in self.plan.order}
         if any(s == "waiting_approval" for s in statuses.values()):
             return "waiting_approval"
         if self.options.only is not None:
             ok = all(statuses[sid] == "succeeded" for sid in self.options.only)
             return "partial" if ok else "failed"
         for sid, status in statuses.items():
-            if status == "succeeded":
+            if status == "succeeded" or self.outcomes[sid].conditional:
                 continue
             if status == "failed" and self.plan.stages[sid].continue_on_failure:
                 continue
@@ -300,10 +438,11 @@ class _Run:
         targets: set[str] = set()
         if verdict.verdict == "fail" and round_ < self.options.max_rounds:
             audit = self.plan.audit_stage
+            named = {self.fanout.parent_of.get(f.stage, f.stage) for f in verdict.findings}
             targets = {
-                f.stage
-                for f in verdict.findings
-                if f.stage in self.plan.stages and f.stage != audit and self.plan.stages[f.stage].runs_agent
+                stage
+                for stage in named
+                if stage in self.plan.stages and stage != audit and self.plan.stages[stage].has_output
             }
         rework = tuple(s for s in self.plan.order if s in targets)
         self.emit(AuditRound(self.clock(), round_, verdict.verdict, verdict.summary, len(verdict.findings), rework))
@@ -312,11 +451,12 @@ class _Run:
         self.progress.round = round_ + 1
         self.progress.feedback = {}
         for finding in verdict.findings:
-            if finding.stage in targets:
+            if self.fanout.parent_of.get(finding.stage, finding.stage) in targets:
                 self.progress.feedback.setdefault(finding.stage, []).append(finding)
         again = targets | self.plan.descendants(targets)
         for sid in again:
             self.outcomes[sid] = StageOutcome("pending")
+            self.fanout.reopen(sid)
         for sid in again:
             self.waiting[sid] = sum(1 for need in self.plan.stages[sid].needs if not self._released_by(need))
             if self.waiting[sid] == 0:
@@ -383,7 +523,7 @@ class _Run:
             self.outcomes[sid] = outcome
 
     def _timeout_of(self, sid: str) -> float | None:
-        return self.plan.stages[sid].timeout or self.options.stage_timeout
+        return self.plan.stages[self._spec_id(sid)].timeout or self.options.stage_timeout
 
     def _shortest_timeout(self) -> float | None:
         values = [t for t in (self._timeout_of(sid) for sid in self.plan.order) if t]
@@ -410,7 +550,7 @@ class _Run:
             self.finished.put_nowait((sid, outcome))
 
     async def _execute_stage(self, sid: str) -> StageOutcome:
-        stage = self.plan.stages[sid]
+        stage = self.plan.stages[self._spec_id(sid)]
         self.outcomes[sid] = _RUNNING
         started = time.monotonic()
         try:
@@ -483,7 +623,7 @@ class _Run:
         return outcome
 
     async def _run_stage(self, sid: str, stage_input: StageInput, reason: str) -> StageOutcome:
-        stage = self.plan.stages[sid]
+        stage = self.plan.stages[self._spec_id(sid)]
         request = stage_input.request
         assert request is not None
         model = self.models[sid]
@@ -492,7 +632,7 @@ class _Run:
         stage_budget = stage.budget.usd if stage.budget else None
 
         def report(attempt: AttemptRecord) -> None:
-            cost = self.price(attempt.usage, model)
+            cost = self.price(attempt.usage, model) if attempt.usage.total else 0.0  # a command costs nothing
             spent.usage = spent.usage + attempt.usage
             spent.cost_usd = _add_cost(spent.cost_usd, cost)
             self.spent += cost or 0.0
@@ -506,7 +646,9 @@ class _Run:
                 self.deadlines[sid] = time.monotonic() + timeout
             error: str | None = None
             data: dict[str, Any] | None = None
+            token: object = None
             try:
+                token = await self.guard.before(sid)
                 result = await self.runner_for(sid).run(request, report)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -528,6 +670,15 @@ class _Run:
                 error = f"runner error: {type(exc).__name__}: {exc}"
             else:
                 error, data = self._check_result(sid, result.output, result.data)
+                if error is None:
+                    checked, problem = await self.guard.after(
+                        sid, token, result.output, data, frozenset(self.overlapped.get(sid, ()))
+                    )
+                    if problem is None:
+                        data = checked
+                    else:
+                        error = problem
+                        self.progress.contract[sid] = problem
             finally:
                 self.deadlines.pop(sid, None)
             if error is None:
@@ -569,6 +720,14 @@ class _Run:
                 error += "; no retry: " + held
                 break
             self.emit(StageRetrying(self.clock(), sid, number, error))
+            if sid in self.progress.contract:  # the next try is told what was wrong with this one
+                try:
+                    stage_input = self.build_request(sid, self.progress)
+                except OrchestrateError as exc:
+                    error = exc.message
+                    break
+                request = stage_input.request
+                assert request is not None
         assert error is not None
         return self._fail(sid, started, spent, error + (f" (after {number} tries)" if number > 1 else ""))
 
@@ -576,7 +735,7 @@ class _Run:
         blocked = _blocked_reason(output)
         if blocked is not None:
             return f"the agent reported itself blocked: {blocked}", None
-        if sid == self.plan.audit_stage:
+        if self._spec_id(sid) == self.plan.audit_stage:
             try:
                 return None, parse_verdict(data, output).model_dump()
             except VerdictError as exc:
@@ -631,13 +790,18 @@ async def execute(
     gates: Gates | None = None,
     feedback: Mapping[str, list[Finding]] | None = None,
     control: RunControl | None = None,
+    guard: Guard | None = None,
+    condition: Condition | None = None,
+    expand: Expander | None = None,
 ) -> RunOutcome:
     """Run the stages of ``plan``; return when each has succeeded, failed, been skipped or is waiting.
 
     ``build_request`` turns a stage and the progress so far into its input;
     ``runner_for`` picks the runner of a stage; ``price`` turns usage into USD;
     ``memory`` keeps unchanged outputs; ``gates`` hold people's decisions;
-    ``feedback`` are findings a resumed run's stages were sent back with.
+    ``feedback`` are findings a resumed run's stages were sent back with;
+    ``guard`` holds write scopes and output contracts; ``condition`` decides a
+    stage's ``if`` and ``expand`` gives a ``foreach`` stage its items.
     """
     run = _Run(
         plan,
@@ -650,6 +814,9 @@ async def execute(
         memory or NoMemory(),
         gates or NoGates(),
         feedback or {},
+        guard or NoGuard(),
+        condition or _no_condition,
+        expand or _no_items,
     )
     if control is not None:
         control._attach(run)

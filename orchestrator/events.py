@@ -26,6 +26,7 @@ __all__ = [
     "Listener",
     "RunFinished",
     "RunStarted",
+    "StageExpanded",
     "StageFailed",
     "StageRetrying",
     "StageReused",
@@ -154,6 +155,17 @@ class StageSkipped:
     time: float
     stage: str
     reason: str
+    conditional: bool = False  # its ``if`` was false: dependents still run
+
+
+@dataclass(slots=True)
+class StageExpanded:
+    """A foreach stage fanned out into instances ``<stage>[<key>]``, one per item."""
+
+    time: float
+    stage: str
+    instances: tuple[str, ...]
+    items: tuple[Any, ...] = field(repr=False, default=())
 
 
 @dataclass(slots=True)
@@ -179,6 +191,7 @@ Event = (
     | StageSucceeded
     | StageFailed
     | StageSkipped
+    | StageExpanded
     | ApprovalRequested
     | ApprovalDecided
     | AuditRound
@@ -194,6 +207,7 @@ _NAMES: dict[type[Any], str] = {
     StageSucceeded: "stage_succeeded",
     StageFailed: "stage_failed",
     StageSkipped: "stage_skipped",
+    StageExpanded: "stage_expanded",
     ApprovalRequested: "approval_requested",
     ApprovalDecided: "approval_decided",
     AuditRound: "audit_round",

@@ -40,9 +40,12 @@ def request_fingerprint(request: StageRequest, system_sha256: str | None = None)
     once per agent rather than once per stage.
     """
     structured = json.dumps(request.structured, sort_keys=True) if request.structured is not None else ""
+    settings = request.settings()
     hasher = hashlib.sha256()
     for part in (system_sha256 or digest(request.system, 64), request.model, str(request.max_tokens), structured):
         hasher.update(part.encode("utf-8") + b"\0")
+    if settings:  # tools, contracts, a command; absent for plain text stages, whose fingerprints stay as they were
+        hasher.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
     hasher.update(request.prompt.encode("utf-8"))
     return hasher.hexdigest()
 

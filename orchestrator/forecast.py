@@ -42,11 +42,20 @@ class Forecast:
     changes: list[str] = field(default_factory=list)
 
     @property
+    def unknown_cost(self) -> str:
+        """Why the total is unknown, in words ("" when it is known)."""
+        if self.cost_usd is not None:
+            return ""
+        if any(f.action == "run" and f.cost_usd is None and f.prompt_chars is None for f in self.stages):
+            return "unknown until the run (fan-out, conditions or prompts that need upstream outputs)"
+        return "unknown (a model has no price; add pricing: to the workflow)"
+
+    @property
     def budget_check(self) -> str:
         if self.budget_usd is None:
             return ""
         if self.cost_usd is None:
-            return "unknown (a model has no price)"
+            return self.unknown_cost
         left = self.budget_usd - self.spent_usd
         low, high = self.cost_usd
         if low > left:
@@ -73,6 +82,15 @@ def forecast_run(prepared: PreparedRun) -> Forecast:
         reads = set(plan.order) - {sid} if sid == plan.audit_stage else set(stage.needs)
         reads |= prepared.compiled.renderer.checker.stages_read(sid) if stage.runs_agent else set()
         waiting_on = [n for n in plan.order if n in reads and n in unknown]
+        if stage.foreach is not None or stage.condition is not None:
+            unknown.add(sid)
+            what = (
+                "fans out: one instance per item of its foreach, known once its needs are done"
+                if stage.foreach is not None
+                else "runs if its condition holds when its needs are done"
+            )
+            out.append(StageForecast(sid, wave, "run", what, None, None, None))
+            continue
         try:
             stage_input = build(sid, progress)
         except Exception as exc:  # a prompt that needs outputs this run has not made yet
@@ -81,6 +99,16 @@ def forecast_run(prepared: PreparedRun) -> Forecast:
             out.append(StageForecast(sid, wave, "run", f"prompt can't be rendered yet: {message}", None, None, None))
             continue
         request = stage_input.request
+        if request is not None and request.command is not None:
+            recalled_run = session.memo.recall(sid, stage_input.fingerprint, stage_input.inputs, unknown)
+            if isinstance(recalled_run, Recalled) and not waiting_on:
+                outcomes[sid] = StageOutcome("succeeded", output=recalled_run.output)
+                out.append(StageForecast(sid, wave, "keep", recalled_run.reason, None, None, (0.0, 0.0)))
+            else:
+                unknown.add(sid)
+                why = f"runs `{request.command.command}` (no model, no cost)"
+                out.append(StageForecast(sid, wave, "run", why, None, None, (0.0, 0.0)))
+            continue
         chars = len(request.system) + len(request.prompt) if request is not None else None
         if waiting_on:
             obstacle = session.memo.obstacle(sid)
@@ -141,4 +169,10 @@ def _estimate(
     if cost is not None and extra:
         wider = estimate_range(chars + extra, max_out, plan.model_for(sid), plan.workflow.pricing)
         cost = (cost[0], wider[1]) if wider else cost
-    return StageForecast(sid, wave, action, reason, chars, (low_in, high_in + max_out), cost)
+    high = high_in + max_out
+    if plan.tools_for(sid) and plan.runner_for(sid) == "anthropic":  # a tool loop: up to max_turns requests
+        turns = plan.max_turns_for(sid)
+        high *= turns
+        cost = (cost[0], round(cost[1] * turns, 6)) if cost is not None else None
+        reason += f" (tools: up to {turns} turns)"
+    return StageForecast(sid, wave, action, reason, chars, (low_in, high), cost)

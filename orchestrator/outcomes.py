@@ -20,8 +20,11 @@ __all__ = [
     "Decision",
     "EngineOptions",
     "Gates",
+    "Guard",
+    "Instance",
     "Memory",
     "NoGates",
+    "NoGuard",
     "NoMemory",
     "Progress",
     "RunOutcome",
@@ -62,6 +65,7 @@ class StageOutcome:
     duration: float = 0.0
     fingerprint: str = ""
     reused: bool = False
+    conditional: bool = False  # skipped because its ``if`` was false: its dependents still run
 
 
 @dataclass
@@ -101,14 +105,27 @@ class Decision:
     by: str = ""
 
 
+@dataclass(frozen=True)
+class Instance:
+    """One instance of a foreach stage: ``<parent>[<key>]`` working on ``item``."""
+
+    parent: str
+    index: int
+    key: str
+    item: Any
+
+
 @dataclass
 class Progress:
-    """What the request builder may read: outcomes so far, findings sent back, gate decisions."""
+    """What the request builder may read: outcomes so far, findings sent back, gate decisions,
+    the instances of foreach stages, and why a stage's last try broke its contract."""
 
     outcomes: dict[str, StageOutcome]
     feedback: dict[str, list[Finding]]
     decisions: dict[str, Decision]
     round: int
+    instances: dict[str, Instance] = field(default_factory=dict)
+    contract: dict[str, str] = field(default_factory=dict)
 
 
 class Memory(Protocol):
@@ -119,6 +136,42 @@ class Gates(Protocol):
     def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
         """A person's decision on this exact output of ``stage``, if one was made."""
         ...
+
+
+class Guard(Protocol):
+    """Checks around a stage that acts on the workspace: its write scope and its output contract."""
+
+    def scope(self, stage: str, instance: Instance | None) -> tuple[str, ...]:
+        """The paths ``stage`` (an ``instance`` of a foreach stage, maybe) may change: overlapping scopes never
+        run together. Asked before any other question about the stage."""
+        ...
+
+    async def before(self, stage: str) -> object:
+        """Called as the stage starts; returns a token for ``after`` (a snapshot of the workspace)."""
+        ...
+
+    async def after(
+        self, stage: str, token: object, output: str, data: dict[str, Any] | None, others: Set[str]
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """Check a finished try: its structured output (parsed from ``output`` when the runner gave none) and
+        what is wrong (files changed outside the scope, declared outputs missing, data off its schema) or None.
+        ``others`` ran at the same time."""
+        ...
+
+
+class NoGuard:
+    """No scopes, no contracts."""
+
+    def scope(self, stage: str, instance: Instance | None) -> tuple[str, ...]:
+        return ()
+
+    async def before(self, stage: str) -> object:
+        return None
+
+    async def after(
+        self, stage: str, token: object, output: str, data: dict[str, Any] | None, others: Set[str]
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        return data, None
 
 
 class NoMemory:

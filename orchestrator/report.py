@@ -169,17 +169,19 @@ def render_markdown(state: RunState) -> str:
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for stage in state.stages.values():
         detail = _detail(stage)
+        runs = stage.agent or ("approval" if stage.gate else "command")
         lines.append(
-            f"| `{stage.id}` | {stage.agent} | {stage.model} | {stage.status} | {len(stage.attempts) or ''} | "
+            f"| `{stage.id}` | {runs} | {stage.model} | {stage.status} | {len(stage.attempts) or ''} | "
             f"{format_duration(stage.duration) if stage.duration is not None else ''} | "
             f"{format_tokens(stage) if stage.attempts else ''} | "
             f"{format_cost(stage.cost_usd) if stage.attempts else ''} | {detail} |"
         )
+    drawn = [s for s in state.stages.values() if s.instance_of is None]  # instances show in the table only
     drawing = Drawing(
         name=state.workflow,
-        order=list(state.stages),
-        needs={s.id: s.needs for s in state.stages.values()},
-        agents={s.id: s.agent or "approval" for s in state.stages.values()},
+        order=[s.id for s in drawn],
+        needs={s.id: s.needs for s in drawn},
+        agents={s.id: s.agent or ("approval" if s.gate else "command") for s in drawn},
         audit_stage=state.audit_stage,
     )
     status = {s.id: s.status for s in state.stages.values()}

@@ -38,6 +38,7 @@ from .events import (
     Event,
     RunFinished,
     RunStarted,
+    StageExpanded,
     StageFailed,
     StageRetrying,
     StageReused,
@@ -151,6 +152,10 @@ class StageState(BaseModel):
     error: str | None = None
     approval: ApprovalState | None = None
     feedback: list[Finding] = Field(default_factory=list)  # audit findings it was sent back with
+    instances: list[str] = Field(default_factory=list)  # a foreach stage's instances, in order
+    instance_of: str | None = None  # an instance's foreach stage
+    item: Any = None  # an instance's item
+    conditional: bool = False  # skipped because its ``if`` was false
 
 
 class RunState(BaseModel):
@@ -298,6 +303,9 @@ def apply_event(state: RunState, event: Event) -> None:
         if event.rework:
             state.round = event.round + 1
         return
+    if isinstance(event, StageExpanded):
+        _expand(state, event)
+        return
     stage = state.stages[event.stage]
     if isinstance(event, StageStarted):
         stage.status = "running"
@@ -361,6 +369,7 @@ def apply_event(state: RunState, event: Event) -> None:
     elif isinstance(event, StageSkipped):
         stage.status = "skipped"
         stage.error = event.reason
+        stage.conditional = event.conditional
     elif isinstance(event, ApprovalRequested):
         stage.status = "waiting_approval"
         stage.fingerprint, stage.output_sha256 = event.fingerprint, event.output_sha256
@@ -386,6 +395,35 @@ def apply_event(state: RunState, event: Event) -> None:
         else:
             stage.status = "failed"
             stage.error = "rejected" + (f": {event.note}" if event.note else "")
+
+
+def _expand(state: RunState, event: StageExpanded) -> None:
+    """A foreach stage's instances join the stages, right after it; instances of an earlier expansion that
+    are not in this one leave (what an earlier run recorded of the others is kept, for skip-unchanged)."""
+    parent = state.stages[event.stage]
+    parent.status = "running"
+    parent.instances = list(event.instances)
+    stages: dict[str, StageState] = {}
+    for sid, stage in state.stages.items():
+        if stage.instance_of == event.stage:
+            continue
+        stages[sid] = stage
+        if sid == event.stage:
+            for iid, item in zip(event.instances, event.items or [None] * len(event.instances), strict=False):
+                old = state.stages.get(iid)
+                if old is not None and old.instance_of == event.stage:
+                    old.item = item
+                    stages[iid] = old
+                else:
+                    stages[iid] = StageState(
+                        id=iid,
+                        agent=parent.agent,
+                        model=parent.model,
+                        needs=list(parent.needs),
+                        instance_of=event.stage,
+                        item=item,
+                    )
+    state.stages = stages
 
 
 class StateStore:
