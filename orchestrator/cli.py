@@ -290,8 +290,12 @@ def _run_request(task: str, params: tuple[str, ...], params_file: Path | None, *
         from .run import RunRequest
 
     responses = more.pop("responses", None)
+    record, replay = more.pop("record", None), more.pop("replay", None)
     return RunRequest(
         task=task,
+        environ=dict(os.environ),
+        record=record.absolute() if record else None,
+        replay=replay.absolute() if replay else None,
         param_args=params,
         params_file=params_file.absolute() if params_file else None,
         responses_file=responses.absolute() if responses else None,
@@ -307,6 +311,18 @@ def _run_request(task: str, params: tuple[str, ...], params_file: Path | None, *
 @click.option("--max-parallel", type=click.IntRange(1, 256), help="Stages run at once (default: the workflow's).")
 @click.option("--approve-all", is_flag=True, help="Approve every approval gate without stopping (unattended runs).")
 @click.option("--latency", type=float, default=0.0, help="With --offline: seconds each stage takes.")
+@click.option(
+    "--record",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="DIR",
+    help="Save every model exchange of the run in DIR (to replay it later).",
+)
+@click.option(
+    "--replay",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="DIR",
+    help="Rerun with the replies saved by --record DIR: no network, no API key, the same results.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead of the live view.")
 def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int:
     """Run a workflow's stages against Claude, in parallel where the DAG allows.
@@ -330,7 +346,7 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
 
     project = _project(workflow, root)
     prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
-    if not prepared.offline and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+    if prepared.needs_api and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         raise UsageError(
             "ANTHROPIC_API_KEY is not set, so the stages can't reach Claude",
             hint="export ANTHROPIC_API_KEY=<your key> (from console.anthropic.com), "
@@ -436,7 +452,7 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
     total = (
         f"{format_cost(forecast.cost_usd[0])} to {format_cost(forecast.cost_usd[1])}"
         if forecast.cost_usd
-        else "unknown (a model has no price; add pricing: to the workflow)"
+        else forecast.unknown_cost
     )
     click.echo(f"Estimated cost of this run: {total}")
     if forecast.budget_usd is not None:

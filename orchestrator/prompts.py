@@ -19,9 +19,9 @@ from .cost import estimate_range
 from .fingerprint import digest, request_fingerprint
 from .outcomes import Progress, StageInput
 from .params import param_text
-from .runners import StageRequest
+from .runners import ShellCommand, StageRequest
 
-__all__ = ["RunInputs", "request_builder"]
+__all__ = ["RunInputs", "decide_condition", "foreach_items", "request_builder", "run_time_values", "workspace_section"]
 
 from .compiler import Compiled
 
@@ -41,6 +41,87 @@ class RunInputs(Protocol):
     def responses(self) -> dict[str, Any]: ...
 
 
+def workspace_section(sid: str, tools: tuple[str, ...], bash: tuple[str, ...], shell: bool) -> str:
+    """What a tool-using stage is told about its tools and their limits."""
+    lines = [
+        "## Your tools\n",
+        f"You work in the project folder through these tools: {', '.join(tools)}. Paths are relative to the "
+        "project root; nothing outside it can be read or changed.",
+    ]
+    if "bash" in tools:
+        if bash:
+            allowed = ", ".join(f"`{prefix}`" for prefix in bash)
+            lines.append(
+                f"bash runs only commands that start with: {allowed}"
+                + (" (shell syntax allowed)." if shell else " (one plain command, no pipes or redirections).")
+            )
+        else:
+            lines.append("bash is not allowed for this stage: every command will be refused.")
+    lines.append("When the work is done, end your turn with a short summary of what you changed and why.")
+    return "\n".join(lines)
+
+
+def _stage_values(prepared: RunInputs, names: set[str], progress: Progress) -> dict[str, Any]:
+    """``stages.<id>`` as templates see them: ``output`` is the structured data of a stage with an
+    output_schema, else its text; ``text``, ``data`` and ``status`` are always there."""
+    out: dict[str, Any] = {}
+    for other in names:
+        outcome = progress.outcomes.get(other)
+        if outcome is None:
+            continue
+        structured = other in prepared.compiled.schemas
+        out[other] = {
+            "output": outcome.data if structured and outcome.data is not None else outcome.output,
+            "text": outcome.output,
+            "data": outcome.data,
+            "status": outcome.status,
+        }
+    return out
+
+
+def run_time_values(prepared: RunInputs, sid: str, spec_id: str, progress: Progress) -> dict[str, Any]:
+    """What a stage's prompt, ``if``, ``foreach`` and write scope can read when it starts."""
+    plan = prepared.compiled.plan
+    stage = plan.stages[spec_id]
+    read = set(stage.needs) | set(prepared.compiled.renderer.checker.stages_read(spec_id))
+    values: dict[str, Any] = {
+        "params": prepared.params,
+        "task": prepared.task,
+        "workflow": {"name": plan.workflow.name, "description": plan.workflow.description},
+        "stage": {"id": sid, "agent": stage.agent or "", "model": plan.model_for(spec_id)},
+        "stages": _stage_values(prepared, read, progress),
+    }
+    instance = progress.instances.get(sid)
+    if instance is not None:
+        values["item"] = instance.item
+    return values
+
+
+def decide_condition(prepared: RunInputs) -> Callable[[str, Progress], str | None]:
+    """A stage's ``if``: None to run it, else the reason it is skipped."""
+    renderer = prepared.compiled.renderer
+
+    def decide(sid: str, progress: Progress) -> str | None:
+        expression = prepared.compiled.plan.stages[sid].condition
+        if expression is None:
+            return None
+        value = renderer.evaluate(sid, "if", expression, run_time_values(prepared, sid, sid, progress))
+        return None if value else f"its condition is false: if: {expression.strip()}"
+
+    return decide
+
+
+def foreach_items(prepared: RunInputs) -> Callable[[str, Progress], Any]:
+    """The items a ``foreach`` stage fans out over."""
+    renderer = prepared.compiled.renderer
+
+    def items(sid: str, progress: Progress) -> Any:
+        expression = prepared.compiled.plan.stages[sid].foreach or "[]"
+        return renderer.evaluate(sid, "foreach", expression, run_time_values(prepared, sid, sid, progress))
+
+    return items
+
+
 def request_builder(
     prepared: RunInputs, rejected: Mapping[str, str] | None = None
 ) -> Callable[[str, Progress], StageInput]:
@@ -57,9 +138,10 @@ def request_builder(
         name: {"system": system_sha[name][:16], **{f"source:{src}": digest(data) for src, data in agent.sources}}
         for name, agent in rendered.items()
     }
-    schema = verdict_schema()
+    verdict = verdict_schema()
+    schemas = prepared.compiled.schemas
     settings = {
-        audit: digest(json.dumps([workflow.defaults.max_tokens, schema if audit else None], sort_keys=True))
+        audit: digest(json.dumps([workflow.defaults.max_tokens, verdict if audit else None], sort_keys=True))
         for audit in (True, False)
     }
     folder = f"docs/ai/{prepared.task}"
@@ -72,7 +154,7 @@ def request_builder(
             for sid in plan.order
         }
     else:
-        runner_keys = dict.fromkeys(plan.order, "anthropic")
+        runner_keys = {sid: plan.runner_for(sid) for sid in plan.order}
     rejected = dict(rejected or {})
     ancestors: dict[str, set[str]] = {}
 
@@ -91,40 +173,33 @@ def request_builder(
             and (progress.decisions[gate].note or (gate in needs and not plan.stages[gate].runs_agent))
         ]
 
+    def template_values(sid: str, spec_id: str, progress: Progress) -> dict[str, Any]:
+        return run_time_values(prepared, sid, spec_id, progress)
+
     def build(sid: str, progress: Progress) -> StageInput:
-        stage = plan.stages[sid]
+        instance = progress.instances.get(sid)
+        spec_id = instance.parent if instance is not None else sid
+        stage = plan.stages[spec_id]
         outcomes = progress.outcomes
-        if not stage.runs_agent:  # an approval gate: what flowed into it is what a person approves
+        if not stage.has_output:  # an approval gate: what flowed into it is what a person approves
             gate_inputs = {f"need:{n}": digest(outcomes[n].output) for n in stage.needs}
             gate_inputs["gate_message"] = digest(stage.approval_message)
             return StageInput.gate(gate_inputs)
+        if stage.run is not None:
+            return shell_input(sid, spec_id, progress)
         agent = stage.agent or ""
-        audit = sid == plan.audit_stage
-        referenced = checker.stages_read(sid)
+        audit = spec_id == plan.audit_stage
+        referenced = checker.stages_read(spec_id)
         prompt = ""
         if stage.prompt:
-            values = {
-                "params": prepared.params,
-                "task": prepared.task,
-                "workflow": {"name": workflow.name, "description": workflow.description},
-                "stage": {"id": sid, "agent": agent, "model": models[sid]},
-                "stages": {
-                    other: {
-                        "output": outcomes[other].output,
-                        "data": outcomes[other].data,
-                        "status": outcomes[other].status,
-                    }
-                    for other in set(stage.needs) | referenced
-                },
-            }
-            prompt = prepared.compiled.renderer.render_prompt(sid, values)
-        shown = [o for o in plan.order if o != sid and plan.stages[o].runs_agent] if audit else stage.needs
-        shown = [o for o in shown if o not in referenced and plan.stages[o].runs_agent]
+            prompt = prepared.compiled.renderer.render_prompt(spec_id, template_values(sid, spec_id, progress))
+        shown = [o for o in plan.order if o != sid and plan.stages[o].has_output] if audit else stage.needs
+        shown = [o for o in shown if o not in referenced and plan.stages[o].has_output]
         inputs: dict[str, str] = {
             **agent_inputs[agent],
-            "model": models[sid],
+            "model": models[spec_id],
             "settings": settings[audit],
-            "runner": runner_keys[sid],
+            "runner": runner_keys[spec_id],
             "template": digest(stage.prompt or ""),
             **params_inputs,
         }
@@ -142,13 +217,22 @@ def request_builder(
             if outcome is not None and outcome.status == "failed":
                 text = f"(stage `{other}` failed: {outcome.error}; it may continue on failure, so work around it)"
                 parts.append(f"## Stage `{other}` failed\n\n{text}")
+            elif outcome is not None and outcome.conditional:
+                parts.append(f"## Stage `{other}` was skipped\n\n({outcome.error})")
             else:
                 text = outcome.output.strip() if outcome is not None else ""
                 parts.append(f"## Output of stage `{other}` ({folder}/stages/{other}.md)\n\n{text or '(empty)'}")
             inputs[f"need:{other}"] = digest(parts[-1])
         for other in referenced:
             inputs[f"need:{other}"] = digest(outcomes[other].output if other in outcomes else "")
-        for gate in approvals_above(sid, progress):
+        if instance is not None:
+            shown_item = json.dumps(instance.item, indent=2, ensure_ascii=False, default=str)
+            parts.append(
+                f"## Your item\n\nThis stage runs once per item of a list; you are instance `{sid}` "
+                f"(item {instance.index + 1}). Work on this item only:\n\n```json\n{shown_item}\n```"
+            )
+            inputs["item"] = digest(shown_item)
+        for gate in approvals_above(spec_id, progress):
             decision = progress.decisions[gate]
             who = f" by {decision.by}" if decision.by else ""
             parts.append(
@@ -178,6 +262,22 @@ def request_builder(
                 + " Do the stage again with that in mind."
             )
             inputs["rejected"] = digest(note)
+        tools = plan.tools_for(spec_id) if runner_keys[spec_id] == "anthropic" or prepared.offline else ()
+        permissions = plan.permissions_for(spec_id)
+        if tools:
+            parts.append(workspace_section(spec_id, tools, permissions.bash, permissions.shell))
+        schema = schemas.get(spec_id)
+        if schema is not None:
+            parts.append(
+                "## Output format\n\nReply with one JSON object that matches this JSON Schema (it is checked):"
+                f"\n\n```json\n{json.dumps(schema, indent=2)}\n```"
+            )
+        problem = progress.contract.get(sid)
+        if problem:
+            parts.append(
+                f"## Your previous try broke the stage's contract\n\n{problem}\n\nFix exactly this in this try."
+            )
+            inputs["contract"] = digest(problem)
         if prompt.strip():
             task_text = prompt.strip()
         elif audit:
@@ -195,15 +295,44 @@ def request_builder(
         request = StageRequest(
             stage_id=sid,
             agent=agent,
-            model=models[sid],
+            model=models[spec_id],
             system=rendered[agent].text,
             prompt=message,
             max_tokens=workflow.defaults.max_tokens,
             task=prepared.task,
-            structured=schema if audit else None,
+            structured=verdict if audit else None,
+            output_schema=schema,
+            tools=tuple(tools),
+            max_turns=plan.max_turns_for(spec_id) if tools else 1,
+            bash=permissions.bash if "bash" in tools else (),
+            shell=permissions.shell if "bash" in tools else False,
+            bash_timeout=permissions.bash_timeout if "bash" in tools else 120.0,
         )
-        cost = estimate_range(len(request.system) + len(message), request.max_tokens, models[sid], workflow.pricing)
-        fingerprint = digest(request_fingerprint(request, system_sha[agent]) + runner_keys[sid], 64)
+        extra = request.settings()
+        if extra:
+            inputs["settings"] = digest(json.dumps([inputs["settings"], extra], sort_keys=True))
+        cost = estimate_range(len(request.system) + len(message), request.max_tokens, models[spec_id], workflow.pricing)
+        fingerprint = digest(request_fingerprint(request, system_sha[agent]) + runner_keys[spec_id], 64)
         return StageInput(request, inputs, fingerprint, cost[0] if cost else 0.0)
+
+    def shell_input(sid: str, spec_id: str, progress: Progress) -> StageInput:
+        stage = plan.stages[spec_id]
+        command = ShellCommand(stage.run or "", tuple(sorted(stage.env.items())), stage.cwd or ".")
+        request = StageRequest(
+            stage_id=sid,
+            agent="",
+            model="",
+            system="",
+            prompt=f"$ {command.command}",
+            max_tokens=0,
+            task=prepared.task,
+            command=command,
+        )
+        inputs = {
+            "runner": "shell",
+            "command": digest(json.dumps(request.settings(), sort_keys=True)),
+            **{f"need:{n}": digest(progress.outcomes[n].output) for n in stage.needs if n in progress.outcomes},
+        }
+        return StageInput(request, inputs, digest(request_fingerprint(request) + "shell", 64))
 
     return build

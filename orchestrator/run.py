@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .approvals import Approvals
 from .audit import Finding
@@ -32,15 +32,20 @@ from .engine import EngineOptions, RunControl, RunOutcome, execute
 from .errors import StateError, UsageError
 from .events import Listener
 from .fingerprint import Memo, Record, digest
+from .guard import WorkspaceGuard
 from .loader import load_mapping
 from .lock import TaskLock
 from .params import check_stage, check_task, param_text, parse_param_args, resolve_params
 from .project import Project
-from .prompts import request_builder
+from .prompts import decide_condition, foreach_items, request_builder
 from .report import render_markdown
 from .runners import Runner
 from .runners.offline import OfflineRunner, check_responses
+from .runners.shell import ShellRunner
 from .state import RunState, StageState, StateStore, recover_state, timestamp
+
+if TYPE_CHECKING:
+    from .runners.agent_cli import CliAgent
 
 __all__ = [
     "PreparedRun",
@@ -76,6 +81,10 @@ class RunRequest:
     only: Sequence[str] = ()
     approve_all: bool = False
     budget_usd: float | None = None
+    # The caller's environment: commands get it scrubbed of secrets; agent CLIs get it as it is.
+    environ: Mapping[str, str] = field(default_factory=dict)
+    record: Path | None = None
+    replay: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,18 @@ class PreparedRun:
     approve_all: bool = False
     budget_usd: float | None = None
     display: str = ""  # how messages name the state folder
+    root: Path = Path(".")  # the workspace: the project root, where tools and commands work
+    environ: Mapping[str, str] = field(default_factory=dict)
+    record: Path | None = None
+    replay: Path | None = None
+
+    @property
+    def needs_api(self) -> bool:
+        """Whether some stage will call the Messages API (so an API key is needed)."""
+        if self.offline or self.replay is not None:
+            return False
+        plan = self.compiled.plan
+        return any(plan.runner_for(sid) == "anthropic" for sid in plan.order)
 
     @property
     def command(self) -> str:
@@ -164,6 +185,20 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         stage_budget = plan.stages[sid].budget
         if stage_budget is not None:
             _check_priced(plan.workflow.pricing, [plan.model_for(sid)])
+    if request.record is not None and request.replay is not None:
+        raise UsageError("use --record or --replay, not both")
+    if request.offline and (request.record is not None or request.replay is not None):
+        raise UsageError("--record and --replay work with the model's replies; an offline run has none")
+    if request.replay is not None and not request.replay.is_dir():
+        raise UsageError(
+            f"--replay {request.replay}: no such folder", hint="record one first with: orchestrate run ... --record DIR"
+        )
+    if not request.offline:
+        for kind in dict.fromkeys(plan.runner_for(sid) for sid in plan.order):
+            if kind in ("claude-code", "opencode"):
+                from .runners.agent_cli import find_cli
+
+                find_cli(kind, request.environ)
     folder = project.state_root / task
     return PreparedRun(
         compiled=compiled,
@@ -181,6 +216,10 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         approve_all=request.approve_all,
         budget_usd=budget,
         display=project.display(folder),
+        root=project.root,
+        environ=dict(request.environ),
+        record=request.record,
+        replay=request.replay,
     )
 
 
@@ -335,6 +374,12 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
             if not resume and old.status == "succeeded" and not old.reused:
                 fresh.from_run = old.from_run or previous.run_id  # type: ignore[union-attr]
         stages[sid] = fresh
+        if old is not None and spec.foreach and previous is not None:  # its instances, until it expands again
+            for iid in old.instances:
+                kept = previous.stages.get(iid)
+                if kept is not None:
+                    kept = kept.model_copy(update={"status": "interrupted"} if kept.status == "running" else {})
+                    stages[iid] = kept
     state = RunState(
         run_id=run_id,
         workflow=plan.workflow.name,
@@ -398,8 +443,7 @@ async def run_async(
     on_start: Callable[[Session], None] | None = None,
 ) -> RunOutcome:
     plan = prepared.compiled.plan
-    if runner is None:
-        runner = _default_runner(prepared)
+    runner_for = RunnerChoice(prepared, runner)
     with TaskLock(prepared.folder, prepared.command, display=prepared.display):
         previous = load_previous(prepared)
         session = start_session(prepared, previous, run_id)
@@ -412,13 +456,22 @@ async def run_async(
             render_markdown,
             flush_interval=flush_interval,
         )
-        chosen = runner
         pricing = plan.workflow.pricing
+        guard = WorkspaceGuard(
+            plan,
+            prepared.root,
+            prepared.compiled.renderer,
+            prepared.compiled.schemas,
+            params=prepared.params,
+            task=prepared.task,
+            ignore=_inside(prepared.root, prepared.folder.parent, prepared.record),
+            acting=not prepared.offline,
+        )
         try:
             return await execute(
                 plan,
                 build_request=request_builder(prepared, session.rejected),
-                runner_for=lambda sid: chosen,
+                runner_for=runner_for,
                 listeners=[store, *listeners],
                 options=EngineOptions(
                     max_parallel=prepared.max_parallel,
@@ -439,9 +492,19 @@ async def run_async(
                 gates=session.approvals,
                 feedback=session.feedback,
                 control=control,
+                guard=guard,
+                condition=decide_condition(prepared),
+                expand=foreach_items(prepared),
             )
         finally:
+            await runner_for.aclose()
             store.close()
+
+
+def _inside(root: Path, *folders: Path | None) -> tuple[str, ...]:
+    """Folders orchestrate itself writes during a run (state, recordings), as paths from the root: a stage's
+    write scope check must not blame the stage for them."""
+    return tuple(f.relative_to(root).as_posix() for f in folders if f is not None and f.is_relative_to(root))
 
 
 def _check_only(prepared: PreparedRun, session: Session) -> None:
@@ -459,9 +522,67 @@ def _check_only(prepared: PreparedRun, session: Session) -> None:
                 )
 
 
-def _default_runner(prepared: PreparedRun) -> Runner:
-    if prepared.offline:
-        return OfflineRunner(prepared.responses, prepared.latency)
-    from .runners.anthropic import AnthropicRunner  # imported only for real runs: it is slow to import
+class RunnerChoice:
+    """Which runner runs each stage: ``run:`` commands the shell runner; agent stages ``runner`` if given
+    (tests), else the offline runner for offline runs, else the stage's own (the API, Claude Code or OpenCode).
+    Each runner is made once, on first use, and closed by ``aclose``."""
 
-    return AnthropicRunner()
+    def __init__(self, prepared: PreparedRun, runner: Runner | None = None) -> None:
+        self.prepared = prepared
+        self.runner = runner
+        self.made: dict[str, Runner] = {}
+
+    def _make(self, kind: str) -> Runner:
+        prepared = self.prepared
+        if kind == "shell":
+            return ShellRunner(prepared.root, prepared.environ)
+        if self.runner is not None:
+            return self.runner
+        if prepared.offline:
+            return OfflineRunner(prepared.responses, prepared.latency)
+        if kind in ("claude-code", "opencode"):
+            from .runners.agent_cli import ClaudeCodeRunner, OpenCodeRunner
+
+            cls = ClaudeCodeRunner if kind == "claude-code" else OpenCodeRunner
+            return cls(_cli_agents(prepared), prepared.root, prepared.environ)
+        from .runners.anthropic import AnthropicRunner, WorkspaceSetup  # slow to import: only for real runs
+        from .runners.recording import Recorder, Replayer
+
+        return AnthropicRunner(
+            workspace=WorkspaceSetup(prepared.root, prepared.environ, prepared.folder / "stages"),
+            recorder=Recorder(prepared.record) if prepared.record is not None else None,
+            replayer=Replayer(prepared.replay) if prepared.replay is not None else None,
+        )
+
+    def __call__(self, sid: str) -> Runner:
+        kind = self.prepared.compiled.plan.runner_for(sid.split("[", 1)[0])  # an instance runs as its stage
+        key = "shell" if kind == "shell" else ("agent" if self.runner is not None or self.prepared.offline else kind)
+        if key not in self.made:
+            self.made[key] = self._make(kind)
+        return self.made[key]
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients the runners opened, on the loop that opened them."""
+        for made in self.made.values():
+            close = getattr(made, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def _cli_agents(prepared: PreparedRun) -> dict[str, CliAgent]:
+    """The compiled agent files, as the agent CLIs load them."""
+    from .runners.agent_cli import CliAgent
+
+    files: dict[tuple[str, str], str] = {}
+    for generated in prepared.compiled.files:  # keyed by the generated name, e.g. feature-build
+        files[(generated.target, generated.agent)] = generated.content.decode("utf-8")
+    out: dict[str, CliAgent] = {}
+    for agent in prepared.compiled.rendered:
+        if agent.coordinator:
+            continue
+        out[agent.agent] = CliAgent(
+            name=agent.name,
+            claude_file=files.get(("claude", agent.name), ""),
+            opencode_file=files.get(("opencode", agent.name), ""),
+        )
+    return out

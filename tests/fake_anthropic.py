@@ -15,6 +15,11 @@ true), ``POST /v1/messages/count_tokens``, ``GET /v1/models``; any other request
 gets ``200 {}`` (clients probe a few). With no rule matching, a reply is "ok",
 or a passing verdict for a forced tool call.
 
+Tool loops: ``script(when, turns)`` answers the k-th turn of a conversation (k = the
+assistant messages it already holds, plus one) with ``turns[k-1]``: a text, a tool call
+``{"name", "input"}`` or a list of them. The last turn repeats when a conversation runs
+past the script (a model that never stops calling tools).
+
 Faults of a streamed reply: ``drop_after=N`` sends its first N server-sent events
 and then closes the connection mid-body (the client sees the stream cut off);
 ``stall=S`` pauses S seconds after the first event (``message_start``).
@@ -83,7 +88,7 @@ class Rule:
     status: int = 200
     error: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    tool_use: dict[str, Any] | None = None
+    tool_use: dict[str, Any] | list[dict[str, Any]] | None = None
     times: int | None = None
     delay: float = 0.0
     stop_reason: str | None = None
@@ -139,7 +144,7 @@ class FakeAnthropic:
         status: int = 200,
         error: str | None = None,
         headers: dict[str, str] | None = None,
-        tool_use: dict[str, Any] | None = None,
+        tool_use: dict[str, Any] | list[dict[str, Any]] | None = None,
         times: int | None = None,
         delay: float = 0.0,
         usage: dict[str, int] | None = None,
@@ -165,6 +170,22 @@ class FakeAnthropic:
         if usage is not None:
             rule.usage = {**rule.usage, **usage}
         self.rules.append(rule)
+
+    def script(self, when: str, turns: list[Any], usage: dict[str, int] | None = None) -> None:
+        """Reply to turn k of conversations containing ``when`` with ``turns[k-1]`` (see the module docstring)."""
+        for number, turn in enumerate(turns, 1):
+            last = number == len(turns)
+
+            def matcher(body: dict[str, Any], number: int = number, last: bool = last) -> bool:
+                if when not in Request("POST", "", {}, body).text():
+                    return False
+                done = sum(1 for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "assistant")
+                return done + 1 == number or (last and done + 1 > number)
+
+            if isinstance(turn, str):
+                self.reply(turn, when=matcher, usage=usage)
+            else:
+                self.reply(when=matcher, tool_use=turn, usage=usage)
 
     def messages(self) -> list[Request]:
         return [r for r in self.requests if r.method == "POST" and r.path.split("?")[0].endswith("/v1/messages")]
@@ -233,39 +254,43 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 return self._json(error, rule.status, rule.headers)
             model = str(body.get("model", "claude-fake"))
             if rule.tool_use is not None:
-                block = {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:20], **rule.tool_use}
+                calls = rule.tool_use if isinstance(rule.tool_use, list) else [rule.tool_use]
+                blocks = [{"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:20], **call} for call in calls]
                 stop = "tool_use"
             else:
-                block = {"type": "text", "text": rule.text}
+                blocks = [{"type": "text", "text": rule.text}]
                 stop = rule.stop_reason or "end_turn"
             message = {
                 "id": "msg_" + uuid.uuid4().hex[:24],
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [block],
+                "content": blocks,
                 "stop_reason": stop,
                 "stop_sequence": None,
                 "usage": dict(rule.usage),
             }
             if not body.get("stream"):
                 return self._json(message, headers=rule.headers)
-            self._stream(message, block, rule)
+            self._stream(message, blocks, rule)
 
-        def _stream(self, message: dict[str, Any], block: dict[str, Any], rule: Rule) -> None:
+        def _stream(self, message: dict[str, Any], blocks: list[dict[str, Any]], rule: Rule) -> None:
             start = {**message, "content": [], "stop_reason": None, "usage": {**rule.usage, "output_tokens": 1}}
-            if block["type"] == "tool_use":
-                opening = {**block, "input": {}}
-                delta = {"type": "input_json_delta", "partial_json": json.dumps(block.get("input", {}))}
-            else:
-                opening = {"type": "text", "text": ""}
-                delta = {"type": "text_delta", "text": block["text"]}
-            events = [
-                ("message_start", {"type": "message_start", "message": start}),
-                ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": opening}),
-                ("ping", {"type": "ping"}),
-                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
-                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start})]
+            for index, block in enumerate(blocks):
+                if block["type"] == "tool_use":
+                    opening = {**block, "input": {}}
+                    delta = {"type": "input_json_delta", "partial_json": json.dumps(block.get("input", {}))}
+                else:
+                    opening = {"type": "text", "text": ""}
+                    delta = {"type": "text_delta", "text": block["text"]}
+                events += [
+                    ("content_block_start", {"type": "content_block_start", "index": index, "content_block": opening}),
+                    ("ping", {"type": "ping"}),
+                    ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}),
+                    ("content_block_stop", {"type": "content_block_stop", "index": index}),
+                ]
+            events += [
                 (
                     "message_delta",
                     {

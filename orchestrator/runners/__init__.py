@@ -3,8 +3,10 @@
 A runner turns a ``StageRequest`` (system prompt, user message, model) into a
 ``StageResult``; it reports every attempt it makes (an HTTP request, say) as it
 goes, so tokens spent on failed, retried or cancelled attempts are counted too.
-The engine knows only this Protocol. Runners: ``anthropic`` (the Messages API;
-imported only when used) and ``offline`` (scripted replies, no network).
+The engine knows only this Protocol. Runners: ``anthropic`` (the Messages API,
+with tools in a confined workspace; imported only when used), ``shell`` (a
+``run:`` command), ``agent_cli`` (the Claude Code and OpenCode CLIs) and
+``offline`` (scripted replies, no network).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "AttemptRecord",
     "AttemptReporter",
     "Runner",
+    "ShellCommand",
     "StageFailure",
     "StageRequest",
     "StageResult",
@@ -49,6 +52,16 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ShellCommand:
+    """A ``run:`` stage's command: run in ``cwd`` (relative to the workspace) with ``env`` on top of a
+    scrubbed environment."""
+
+    command: str
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = "."
+
+
+@dataclass(frozen=True)
 class StageRequest:
     """Everything a runner needs for one stage."""
 
@@ -59,8 +72,33 @@ class StageRequest:
     prompt: str
     max_tokens: int
     task: str
-    # The JSON Schema of a structured reply (the audit verdict); None for free text.
+    # The JSON Schema of the audit verdict, asked for as a forced tool call; None for other stages.
     structured: dict[str, Any] | None = None
+    # The JSON Schema of a structured output (a stage's output_schema); None for free text.
+    output_schema: dict[str, Any] | None = None
+    # Tools the model may call in the workspace (read, edit, search, bash), and its turn limit.
+    tools: tuple[str, ...] = ()
+    max_turns: int = 1
+    # What the bash tool may run: allowed command prefixes, shell syntax, seconds per command.
+    bash: tuple[str, ...] = ()
+    shell: bool = False
+    bash_timeout: float = 120.0
+    # A run: stage's command (then there is no model, system or prompt).
+    command: ShellCommand | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """What the request does besides its text, for its fingerprint (empty for a plain text request)."""
+        out: dict[str, Any] = {}
+        if self.output_schema is not None:
+            out["output_schema"] = self.output_schema
+        if self.tools:
+            out["tools"] = list(self.tools)
+            out["max_turns"] = self.max_turns
+            if "bash" in self.tools:
+                out["bash"] = [list(self.bash), self.shell, self.bash_timeout]
+        if self.command is not None:
+            out["command"] = [self.command.command, [list(pair) for pair in self.command.env], self.command.cwd]
+        return out
 
 
 @dataclass(slots=True)  # never changed once reported (slotted, not frozen, for speed)

@@ -1,29 +1,42 @@
 """The Anthropic Messages API runner: the only module that imports anthropic.
 
-One stage is one streamed request (long replies don't hit the non-streaming
-limits). The system prompt is the agent's rendered instructions, marked for
-prompt caching; the user message is the stage's prompt. The SDK's own retries
-are off so that every attempt is seen and counted here: 429, 5xx, overloaded
-and connection errors are retried with exponential backoff, honouring
-``retry-after``. The client is the SDK's, so ``ANTHROPIC_API_KEY`` and
-``ANTHROPIC_BASE_URL`` work exactly as they do for the SDK.
+A stage is one streamed request (long replies don't hit the non-streaming
+limits), or, for an agent with tools, a loop of them: the model's tool calls
+run in the confined workspace (``tools``) and their results go back, until the
+model ends its turn or ``max_turns`` is reached. Every turn is appended to the
+stage's transcript (``stages/<id>.transcript.jsonl``). The system prompt is the
+agent's rendered instructions, marked for prompt caching. A stage with an
+``output_schema`` asks for structured output and gets its JSON back as data.
+
+The SDK's own retries are off so that every attempt is seen and counted here:
+429, 5xx, overloaded and connection errors are retried with exponential
+backoff, honouring ``retry-after``. The client is the SDK's, so
+``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL`` work exactly as they do for
+the SDK. With a ``Recorder`` every exchange is saved; with a ``Replayer`` no
+client is made at all and replies come from the recording.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
+import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import anthropic
 
 from ..audit import VERDICT_TOOL
+from ..tools import call_tool, tool_definitions
+from ..workspace import BashPolicy, Workspace
 from . import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult, Usage
+from .recording import Recorder, Replayer
 
 __all__ = ["AnthropicRunner", "RetryPolicy"]
 
@@ -58,17 +71,45 @@ class RetryPolicy:
     max_delay: float = 60.0
 
 
+@dataclass(frozen=True)
+class WorkspaceSetup:
+    """Where tool-using stages work: the workspace root, the environment their commands start from (scrubbed
+    before use), and the folder for transcripts (``stages/`` of the task's state folder)."""
+
+    root: Path
+    environ: Mapping[str, str]
+    transcripts: Path | None = None
+    max_output: int = 30_000
+
+
 class AnthropicRunner:
     def __init__(
         self,
         client: anthropic.AsyncAnthropic | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        workspace: WorkspaceSetup | None = None,
+        recorder: Recorder | None = None,
+        replayer: Replayer | None = None,
     ) -> None:
-        # max_retries=0: this runner retries, so it can count and report every attempt.
-        self.client = client if client is not None else anthropic.AsyncAnthropic(max_retries=0)
+        self.replayer = replayer
+        # max_retries=0: this runner retries, so it can count and report every attempt. A replay needs no client.
+        self._client = client
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
+        self.workspace = workspace
+        self.recorder = recorder
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (if one was made): done by the run, on the loop that used it."""
+        if self._client is not None:
+            await self._client.close()
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            self._client = anthropic.AsyncAnthropic(max_retries=0)
+        return self._client
 
     def _arguments(self, request: StageRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -77,32 +118,45 @@ class AnthropicRunner:
             "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": "user", "content": request.prompt}],
         }
+        policy = BashPolicy(allow=request.bash, shell=request.shell, timeout=request.bash_timeout)
+        tools = tool_definitions(request.tools, bash=policy) if request.tools else []
         if request.structured is not None:
-            arguments["tools"] = [
+            tools.append(
                 {
                     "name": VERDICT_TOOL,
                     "description": "Submit the audit verdict: pass or fail, the findings and the checklist applied.",
                     "input_schema": request.structured,
                 }
-            ]
-            arguments["tool_choice"] = {"type": "tool", "name": VERDICT_TOOL}
+            )
+            # With workspace tools the auditor may look around first; without, it answers at once.
+            arguments["tool_choice"] = {"type": "any"} if request.tools else {"type": "tool", "name": VERDICT_TOOL}
+        if tools:
+            arguments["tools"] = tools
+        if request.output_schema is not None:
+            arguments["output_config"] = {"format": {"type": "json_schema", "schema": request.output_schema}}
         return arguments
 
     async def run(self, request: StageRequest, report: AttemptReporter) -> StageResult:
         arguments = self._arguments(request)
-        for number in range(1, self.retry.max_attempts + 1):
-            try:
-                message = await self._attempt(number, arguments, report)
-            except _Retry as retry:
-                await self.sleep(retry.delay)
-                continue
+        transcript = (
+            _Transcript(self.workspace.transcripts / f"{request.stage_id}.transcript.jsonl")
+            if (self.workspace is not None and self.workspace.transcripts is not None and request.tools)
+            else None
+        )
+        workspace = self._workspace(request) if request.tools else None
+        turns = max(1, request.max_turns) if request.tools else 1
+        if transcript is not None:
+            transcript.start(request)
+        for turn in range(1, turns + 1):
+            message = await self._exchange(request.stage_id, arguments, report)
+            if transcript is not None:
+                transcript.write(turn, "assistant", _dump(message.content), message.stop_reason, message.usage)
             if message.stop_reason == "max_tokens":
                 raise StageFailure(
                     f"the reply was cut off at max_tokens ({request.max_tokens}); raise defaults.max_tokens "
                     "in the workflow"
                 )
-            text = "".join(block.text for block in message.content if block.type == "text")
-            data = next(
+            verdict = next(
                 (
                     dict(block.input)
                     for block in message.content
@@ -110,7 +164,62 @@ class AnthropicRunner:
                 ),
                 None,
             )
-            return StageResult(output=text, data=data, stop_reason=message.stop_reason)
+            calls = [b for b in message.content if b.type == "tool_use" and b.name != VERDICT_TOOL]
+            text = "".join(block.text for block in message.content if block.type == "text")
+            if calls and workspace is not None and verdict is None and turn == turns:
+                break  # no turn is left to show the model what these calls would do: don't make them
+            if verdict is not None or not calls or workspace is None:
+                data = verdict
+                if data is None and request.output_schema is not None and text.strip():
+                    data = _json_object(text)
+                return StageResult(output=text, data=data, stop_reason=message.stop_reason)
+            results = []
+            for call in calls:
+                if call.name not in request.tools:
+                    text_reply, is_error = f"there is no tool {call.name!r} in this stage", True
+                else:
+                    reply = await call_tool(workspace, call.name, call.input)
+                    text_reply, is_error = reply.text, reply.is_error
+                results.append(
+                    {"type": "tool_result", "tool_use_id": call.id, "content": text_reply, "is_error": is_error}
+                )
+            if transcript is not None:
+                transcript.write(turn, "user", results)
+            arguments["messages"] = [
+                *arguments["messages"],
+                {"role": "assistant", "content": _dump(message.content)},
+                {"role": "user", "content": results},
+            ]
+        raise StageFailure(
+            f"the model was still calling tools after max_turns ({turns}) turns; raise max_turns for the agent "
+            "(or defaults.max_turns) if the work needs more"
+        )
+
+    def _workspace(self, request: StageRequest) -> Workspace:
+        if self.workspace is None:
+            raise StageFailure("this stage has tools, but the runner was given no workspace to run them in")
+        policy = BashPolicy(allow=request.bash, shell=request.shell, timeout=request.bash_timeout)
+        return Workspace(
+            self.workspace.root, bash=policy, environ=self.workspace.environ, max_output=self.workspace.max_output
+        )
+
+    async def _exchange(self, stage: str, arguments: dict[str, Any], report: AttemptReporter) -> Any:
+        """One model turn: from the recording when replaying, else a request retried as the policy says."""
+        if self.replayer is not None:
+            started = time.time()
+            reply = self.replayer.reply(stage, arguments)
+            message = anthropic.types.Message.model_validate(reply)
+            report(AttemptRecord(1, started, 0.0, _usage(message.usage), request_id="replay"))
+            return message
+        for number in range(1, self.retry.max_attempts + 1):
+            try:
+                message = await self._attempt(number, arguments, report)
+            except _Retry as retry:
+                await self.sleep(retry.delay)
+                continue
+            if self.recorder is not None:
+                self.recorder.record(stage, arguments, message.model_dump(mode="json", exclude_none=True))
+            return message
         raise StageFailure("no attempt was made (max_attempts is 0)")
 
     async def _attempt(self, number: int, arguments: dict[str, Any], report: AttemptReporter) -> Any:
@@ -218,3 +327,37 @@ def _retry_after(headers: Any) -> float | None:
             return parsedate_to_datetime(value).timestamp() - time.time()
     except (TypeError, ValueError):
         return None
+
+
+def _dump(content: Any) -> list[dict[str, Any]]:
+    """Reply blocks as request blocks (what the next turn sends back)."""
+    return [block.model_dump(mode="json", exclude_none=True, warnings=False) for block in content]
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None  # the stage's contract check says what is wrong with it
+    return value if isinstance(value, dict) else None
+
+
+class _Transcript:
+    """``stages/<id>.transcript.jsonl``: one line per turn, so a stage's work can be read and replayed by eye."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def start(self, request: StageRequest) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        first = {"turn": 0, "role": "user", "content": request.prompt, "tools": list(request.tools)}
+        self.path.write_text(json.dumps(first, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def write(self, turn: int, role: str, content: Any, stop_reason: str | None = None, usage: Any = None) -> None:
+        line: dict[str, Any] = {"turn": turn, "role": role, "content": content, "time": round(time.time(), 3)}
+        if stop_reason is not None:
+            line["stop_reason"] = stop_reason
+        if usage is not None:
+            line["usage"] = dataclasses.asdict(_usage(usage))
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
