@@ -149,7 +149,8 @@ class _Run:
         self.fanout = FanOut()
         self.scopes: dict[str, tuple[str, ...]] = {}
         self.conflicts: dict[tuple[str, str], bool] = {}
-        self.overlapped: dict[str, set[str]] = {}
+        self.overlapped: dict[str, set[str]] = {}  # writers that ran alongside each writer
+        self.writing: set[str] = set()  # running stages with a write scope
         self.index = {sid: (i, -1) for i, sid in enumerate(plan.order)}
         self.models = {sid: plan.model_for(sid) for sid in plan.order}
         self.outcomes: dict[str, StageOutcome] = {sid: StageOutcome("pending") for sid in plan.order}
@@ -209,9 +210,11 @@ class _Run:
                         break
                     if not self._dispatch(next_sid):
                         continue
-                    for other in running:
-                        self.overlapped.setdefault(other, set()).add(next_sid)
-                    self.overlapped[next_sid] = set(running)
+                    if self._scope(next_sid):  # only writers can be blamed for, or cleared of, a change
+                        for other in self.writing:
+                            self.overlapped[other].add(next_sid)
+                        self.overlapped[next_sid] = set(self.writing)
+                        self.writing.add(next_sid)
                     running[next_sid] = asyncio.create_task(self._stage(next_sid), name=f"stage {next_sid}")
                 if not running:
                     if self.ready and not self._halted():
@@ -220,6 +223,7 @@ class _Run:
                 batch = await self._next_batch()
                 for sid, outcome in sorted(batch, key=lambda item: self.index[item[0]]):
                     del running[sid]
+                    self.writing.discard(sid)
                     self._settle(sid, outcome)
                 self._poll_gates()
             status = self._final_status()
@@ -276,7 +280,7 @@ class _Run:
         while self.ready:
             entry = heapq.heappop(self.ready)
             sid = entry[1]
-            if self._scope(sid) and any(self._conflicts(sid, other) for other in self.tasks):
+            if self._scope(sid) and any(self._conflicts(sid, other) for other in self.writing):
                 blocked.append(entry)
                 continue
             found = sid
