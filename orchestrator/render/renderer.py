@@ -179,9 +179,8 @@ class Renderer:
             return run(dict(values))
         except WorkflowError:
             raise
-        except (SecurityError, UndefinedError, TemplateError, ArithmeticError, TypeError, ValueError) as exc:
-            raise WorkflowError(f"{what} could not be evaluated: {exc}", location=location) from None
-        except (AttributeError, LookupError) as exc:
+        except (TemplateError, ArithmeticError, TypeError, ValueError, AttributeError, LookupError) as exc:
+            # SecurityError and UndefinedError are TemplateErrors: the sandbox and unknown names land here too.
             raise WorkflowError(f"{what} could not be evaluated: {exc}", location=location) from None
 
     def render_text(self, stage_id: str, field_name: str, text: str, values: Mapping[str, Any]) -> str:
