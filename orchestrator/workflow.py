@@ -466,6 +466,8 @@ def _check_kind(stage: _StagePolicy, agent: str | None, prompt: str | None, mode
         raise ValueError("a stage needs an agent, a run: command, or type: approval for a gate a person approves")
     if stage.run is None and (stage.env or stage.cwd):
         raise ValueError("env and cwd apply to run: commands; this stage has no run:")
+    if stage.foreach and stage.approval is not False:
+        raise ValueError("a foreach stage can't be an approval gate; gate a stage before or after it instead")
     if stage.foreach_key and not stage.foreach:
         raise ValueError("foreach_key names instances of a foreach stage; this stage has no foreach")
 

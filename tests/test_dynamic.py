@@ -244,6 +244,13 @@ def test_a_schema_file_is_read_relative_to_the_project(
     assert bad.code == 2 and "schemas/plan.yaml is not a usable JSON Schema" in bad.err
 
 
+def test_a_foreach_stage_cannot_be_an_approval_gate(cli: CliRunner, project: TempProject) -> None:
+    project.workflow(FANOUT.replace("    foreach_key: id\n", "    foreach_key: id\n    approval: true\n"), name="fan")
+    result = cli("validate", "workflows/fan.yaml", cwd=project.root)
+    assert result.code == 2
+    assert "a foreach stage can't be an approval gate" in result.err and "workflows/fan.yaml:" in result.err
+
+
 def test_foreach_and_conditions_are_refused_on_the_audit_stage(cli: CliRunner, project: TempProject) -> None:
     project.workflow(FANOUT.replace("    needs: [ui]\n", "    needs: [ui]\n    if: params.ui\n"), name="fan")
     result = cli("validate", "workflows/fan.yaml", cwd=project.root)
