@@ -309,11 +309,9 @@ class _Run:
             return True
         try:
             instances = name_instances(sid, self.expand(sid, self.progress), stage.foreach_key)
-        except OrchestrateError as exc:
-            self._settle(sid, self._fail(sid, time.monotonic(), _Ledger(), exc.message))
-            return False
-        except ValueError as exc:
-            self._settle(sid, self._fail(sid, time.monotonic(), _Ledger(), str(exc)))
+        except (OrchestrateError, ValueError) as exc:
+            message = exc.message if isinstance(exc, OrchestrateError) else str(exc)
+            self._settle(sid, self._fail(sid, time.monotonic(), _Ledger(), message))
             return False
         ids = self.fanout.add(sid, instances)
         self.emit(StageExpanded(self.clock(), sid, tuple(ids), tuple(i.item for i in instances)))

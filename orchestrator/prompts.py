@@ -173,9 +173,6 @@ def request_builder(
             and (progress.decisions[gate].note or (gate in needs and not plan.stages[gate].runs_agent))
         ]
 
-    def template_values(sid: str, spec_id: str, progress: Progress) -> dict[str, Any]:
-        return run_time_values(prepared, sid, spec_id, progress)
-
     def build(sid: str, progress: Progress) -> StageInput:
         instance = progress.instances.get(sid)
         spec_id = instance.parent if instance is not None else sid
@@ -192,7 +189,9 @@ def request_builder(
         referenced = checker.stages_read(spec_id)
         prompt = ""
         if stage.prompt:
-            prompt = prepared.compiled.renderer.render_prompt(spec_id, template_values(sid, spec_id, progress))
+            prompt = prepared.compiled.renderer.render_prompt(
+                spec_id, run_time_values(prepared, sid, spec_id, progress)
+            )
         shown = [o for o in plan.order if o != sid and plan.stages[o].has_output] if audit else stage.needs
         shown = [o for o in shown if o not in referenced and plan.stages[o].has_output]
         inputs: dict[str, str] = {

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import Location
+from .scopes import scope_problem
 
 __all__ = [
     "AUDITOR_AGENT",
@@ -362,7 +363,9 @@ def _check_env_name(value: str) -> str:
 
 
 def _check_scope(value: str) -> str:
-    _check_relpath(value.rstrip("/") or value)
+    problem = scope_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

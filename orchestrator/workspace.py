@@ -29,8 +29,11 @@ __all__ = [
     "ProcessResult",
     "Refusal",
     "Workspace",
+    "end_group",
+    "looks_secret",
     "run_process",
     "scrub_env",
+    "signal_group",
     "truncate",
 ]
 
@@ -91,7 +94,7 @@ def scrub_env(environ: Mapping[str, str], extra: Mapping[str, str] | None = None
     kept = {
         name: value
         for name, value in environ.items()
-        if (name in SAFE_ENV or name.startswith("LC_")) and not _looks_secret(name)
+        if (name in SAFE_ENV or name.startswith("LC_")) and not looks_secret(name)
     }
     if "PATH" in kept:
         # A relative PATH entry would let a file the model wrote in the workspace shadow an allowed command.
@@ -102,7 +105,8 @@ def scrub_env(environ: Mapping[str, str], extra: Mapping[str, str] | None = None
     return {name: value for name, value in kept.items() if value not in secrets}
 
 
-def _looks_secret(name: str) -> bool:
+def looks_secret(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential."""
     upper = name.upper()
     return any(marker in upper for marker in SECRET_MARKERS)
 
@@ -169,7 +173,8 @@ async def _pump(stream: asyncio.StreamReader | None, capture: _Capture) -> None:
         capture.feed(chunk)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal a process group that may be gone already."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -187,12 +192,13 @@ async def _exit_code(process: asyncio.subprocess.Process, outputs: asyncio.Futur
     return process.returncode
 
 
-async def _end_group(process: asyncio.subprocess.Process) -> None:
+async def end_group(process: asyncio.subprocess.Process, grace: float | None = None) -> None:
     """SIGTERM the whole process group, then SIGKILL whatever is left after a grace period."""
-    _signal_group(process.pid, signal.SIGTERM)
+    grace = KILL_GRACE if grace is None else grace
+    signal_group(process.pid, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_exit_code(process), KILL_GRACE)
-    _signal_group(process.pid, signal.SIGKILL)
+        await asyncio.wait_for(_exit_code(process), grace)
+    signal_group(process.pid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(_exit_code(process), KILL_GRACE)
 
@@ -229,15 +235,15 @@ async def run_process(
         try:
             exit_code = await asyncio.wait_for(_exit_code(process, asyncio.gather(*readers)), timeout)
         except TimeoutError:
-            await _end_group(process)
+            await end_group(process)
         else:
-            _signal_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
         _, pending = await asyncio.wait(readers, timeout=KILL_GRACE)
         # A process that left the group (setsid) may still hold the pipes; stop listening to it.
         for reader in pending:
             reader.cancel()
     except BaseException:
-        await asyncio.shield(_end_group(process))
+        await asyncio.shield(end_group(process))
         for reader in readers:
             reader.cancel()
         raise

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..contracts import parse_structured
 from ..errors import UsageError
+from ..workspace import end_group, signal_group
 from . import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult, Usage
 
 __all__ = ["CLI_COMMANDS", "CLI_PACKAGES", "ClaudeCodeRunner", "CliAgent", "OpenCodeRunner", "find_cli"]
@@ -181,7 +183,9 @@ class _CliRunner:
         if problem is None:
             data = outcome.data
             if data is None and (request.structured or request.output_schema) is not None:
-                data = _json_reply(outcome.text)
+                with contextlib.suppress(ValueError):
+                    parsed = parse_structured(outcome.text)
+                    data = parsed if isinstance(parsed, dict) else None
             return StageResult(output=outcome.text, data=data, stop_reason="end_turn")
         message = f"{self.kind} failed: {problem}" + (f" [session {outcome.session}]" if outcome.session else "")
         stderr = ANSI_ESCAPE.sub("", stderr).strip()
@@ -359,23 +363,11 @@ async def _execute(argv: list[str], env: dict[str, str], cwd: Path, folder: Path
     try:
         return await asyncio.wait_for(process.wait(), timeout)
     except BaseException:
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), STOP_GRACE)
-        except TimeoutError:
-            pass
-        finally:
-            _signal_group(process.pid, signal.SIGKILL)
-        await process.wait()
+        await end_group(process, STOP_GRACE)
         raise
     finally:
         # Whatever the CLI started and left behind in its group goes with it.
-        _signal_group(process.pid, signal.SIGKILL)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+        signal_group(process.pid, signal.SIGKILL)
 
 
 def _read(path: Path) -> str:
@@ -395,12 +387,6 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
     return [event for line in text.splitlines() if (event := _json_object(line)) is not None]
-
-
-def _json_reply(text: str) -> dict[str, Any] | None:
-    """A JSON object replied as the whole text or as its last fenced json block."""
-    blocks = re.findall(r"```json\s*\n(.*?)\n```", text, re.DOTALL)
-    return _json_object(text.strip()) or (_json_object(blocks[-1]) if blocks else None)
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -169,10 +169,8 @@ class AnthropicRunner:
             if calls and workspace is not None and verdict is None and turn == turns:
                 break  # no turn is left to show the model what these calls would do: don't make them
             if verdict is not None or not calls or workspace is None:
-                data = verdict
-                if data is None and request.output_schema is not None and text.strip():
-                    data = _json_object(text)
-                return StageResult(output=text, data=data, stop_reason=message.stop_reason)
+                # A structured output's JSON is parsed and checked by the stage's contract check.
+                return StageResult(output=text, data=verdict, stop_reason=message.stop_reason)
             results = []
             for call in calls:
                 if call.name not in request.tools:
@@ -332,14 +330,6 @@ def _retry_after(headers: Any) -> float | None:
 def _dump(content: Any) -> list[dict[str, Any]]:
     """Reply blocks as request blocks (what the next turn sends back)."""
     return [block.model_dump(mode="json", exclude_none=True, warnings=False) for block in content]
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None  # the stage's contract check says what is wrong with it
-    return value if isinstance(value, dict) else None
 
 
 class _Transcript:

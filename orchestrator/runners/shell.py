@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..workspace import ProcessResult, run_process, scrub_env
+from ..workspace import ProcessResult, Refusal, Workspace, run_process, scrub_env
 from . import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult
 
 __all__ = ["ShellRunner", "describe_run"]
@@ -60,9 +60,11 @@ class ShellRunner:
         self.limit = limit
 
     def _cwd(self, relative: str) -> Path:
-        cwd = (self.root / relative).resolve()
-        if cwd != self.root and self.root not in cwd.parents:
-            raise StageFailure(f"cwd {relative!r} resolves outside the workspace ({cwd})")
+        try:
+            cwd = Workspace(self.root).resolve(relative)
+        except Refusal:
+            where = (self.root / relative).resolve()
+            raise StageFailure(f"cwd {relative!r} resolves outside the workspace ({where})") from None
         if not cwd.is_dir():
             raise StageFailure(f"cwd {relative!r} is not a folder in the workspace")
         return cwd
