@@ -19,14 +19,15 @@ import stat
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-from jsonschema import Draft202012Validator, ValidationError
-from referencing import Registry
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
+from typing import TYPE_CHECKING, Any
 
 from .scopes import DEFAULT_IGNORE
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
+
+# jsonschema is imported where a schema is checked, not with this module: most workflows have no
+# output_schema, and validate, compile and run should not pay for it at start-up.
 
 __all__ = ["output_problems", "parse_structured", "schema_problems", "validate_data"]
 
@@ -73,6 +74,10 @@ def _lines(errors: Iterable[ValidationError]) -> list[str]:
 
 def _unresolved_refs(schema: Mapping[str, Any]) -> list[str]:
     """Problems with ``$ref`` that can't be resolved inside the schema itself."""
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
     root_id = schema.get("$id")
     base = root_id if isinstance(root_id, str) and root_id else _BASE_URI
     resolver = Registry().with_resource(base, DRAFT202012.create_resource(dict(schema))).resolver(base_uri=base)
@@ -110,6 +115,8 @@ def schema_problems(schema: Any) -> list[str]:
     """
     if not isinstance(schema, Mapping):
         return [f"output_schema must be a mapping (a JSON Schema), not {type(schema).__name__}"]
+    from jsonschema import Draft202012Validator
+
     meta = Draft202012Validator(Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
     problems = _lines(meta.iter_errors(schema))
     if not problems:
@@ -127,6 +134,9 @@ def validate_data(data: Any, schema: Mapping[str, Any]) -> list[str]:
     At most 10 lines, then ``... and N more``. ``format`` is an
     annotation only (Draft 2020-12's default), so it is not asserted.
     """
+    from jsonschema import Draft202012Validator
+    from referencing.exceptions import Unresolvable
+
     try:
         return _capped(_lines(Draft202012Validator(schema).iter_errors(data)))
     except Unresolvable as error:
