@@ -13,7 +13,7 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
 
 # Each third-party library has one home (the yaml serializer also writes agent frontmatter).
 HOMES = {
-    "click": {"cli.py"},
+    "click": {"cli/"},  # the command-line package
     "yaml": {"loader.py", "agent_config.py"},
     "networkx": {"graph.py"},
     "jinja2": {"render/sandbox.py", "render/checks.py", "render/renderer.py"},
@@ -22,6 +22,10 @@ HOMES = {
     "jsonschema": {"contracts.py"},
     "referencing": {"contracts.py"},
 }
+
+
+def in_cli(name: str) -> bool:
+    return name.startswith("cli/")
 
 
 def rel(path: Path) -> str:
@@ -62,12 +66,12 @@ def resolve(path: Path, module: str, level: int) -> str | None:
 @pytest.mark.parametrize("library", sorted(HOMES))
 def test_each_library_has_one_home(library: str) -> None:
     users = {rel(p) for p in MODULES if any(m.split(".")[0] == library and lvl == 0 for m, lvl in imports(p))}
-    assert users <= HOMES[library]
+    assert {"cli/" if in_cli(u) else u for u in users} <= HOMES[library]
 
 
 def test_nothing_imports_the_cli() -> None:
-    users = {rel(p) for p in MODULES for m, lvl in imports(p) if resolve(p, m, lvl) == "cli.py"}
-    assert users <= {"__main__.py"}
+    users = {rel(p) for p in MODULES for m, lvl in imports(p) if in_cli(resolve(p, m, lvl) or "")}
+    assert {u for u in users if not in_cli(u)} <= {"__main__.py"}
 
 
 def test_no_circular_imports() -> None:
@@ -83,7 +87,7 @@ def test_no_circular_imports() -> None:
 def test_the_library_never_prints_exits_or_reads_the_environment() -> None:
     offences = []
     for path in MODULES:
-        if rel(path) in ("cli.py", "__main__.py"):
+        if in_cli(rel(path)) or rel(path) == "__main__.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("print", "input"):

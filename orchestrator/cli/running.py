@@ -1,257 +1,29 @@
-"""The ``orchestrate`` command line: parse arguments, call one library function, print.
-
-The only module that imports click, reads the working directory or prints.
-Errors are translated in one place (``main``): ``Error: <file>:<line>:<col>:
-<what>`` and ``hint: <next step>`` on stderr, the error's exit code, and a
-traceback only with ``--debug``.
-"""
+"""Commands about a task's run: run, plan, explain, approve, reject and status."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
-import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__
-from .errors import OrchestrateError, WorkflowError, WorkflowErrors
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_WAITING = 3
-EXIT_BUDGET = 4
-EXIT_INTERRUPTED = 130
-EXIT_INTERNAL = 70
-RUN_EXIT = {
-    "succeeded": EXIT_OK,
-    "partial": EXIT_OK,
-    "failed": EXIT_FAILED,
-    "waiting_approval": EXIT_WAITING,
-    "budget_exceeded": EXIT_BUDGET,
-    "interrupted": EXIT_INTERRUPTED,
-}
-
-_debug = False
-# Errors name files relative to the project root; when the user works from elsewhere, show them
-# relative to where they are.
-_root_shown: str | None = None
-
-
-def _shown(path: Path) -> str:
-    """A path as the user typed it: relative to the working directory when that is shorter."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return rel if not rel.startswith("../../") else str(path)
-
-
-@contextmanager
-def _paused_gc() -> Iterator[None]:
-    """Import the library with the cyclic garbage collector paused.
-
-    Start-up allocates tens of thousands of objects and no garbage, so collections
-    during imports are wasted time (about a tenth of a small validate).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _err(line: str = "") -> None:
-    click.echo(line, err=True)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="orchestrate")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug: bool) -> None:
-    """Compile AI-agent workflows into checked DAGs and agent configs.
-
-    \b
-    Exit codes: 0 success, 1 stale output or failed run, 2 invalid input or usage,
-    3 run paused for approval, 4 run stopped at its budget, 130 interrupted,
-    70 internal error.
-    """
-    global _debug
-    _debug = debug
-
-
-workflow_argument = click.argument("workflow", type=click.Path(path_type=Path, dir_okay=False))
-root_option = click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Project folder (default: the folder holding workflows/, or the workflow's folder).",
+from .base import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RUN_EXIT,
+    _err,
+    _paused_gc,
+    _project,
+    _shown,
+    cli,
+    root_option,
+    workflow_argument,
 )
-
-
-def _project(workflow: Path, root: Path | None) -> Any:
-    with _paused_gc():
-        from .project import find_project
-
-    global _root_shown
-    project = find_project(workflow.absolute(), root.absolute() if root else None)
-    shown = _shown(project.root)
-    _root_shown = None if shown == "." else shown
-    return project
-
-
-def _compile(workflow: Path, root: Path | None, target: str = "all") -> Any:
-    with _paused_gc():
-        from .agent_config import TARGETS
-        from .compiler import compile_workflow
-
-    targets = TARGETS if target == "all" else (target,)
-    return compile_workflow(workflow.absolute(), _project(workflow, root), targets)  # type: ignore[arg-type]
-
-
-def _relocate(error: OrchestrateError) -> None:
-    """Show file names relative to the working directory: project-relative ones and absolute ones."""
-    errors = error.errors if isinstance(error, WorkflowErrors) else [error]
-    for item in errors:
-        loc = item.location
-        if loc is None or loc.file.startswith(("builtin/", "<")):
-            continue
-        if Path(loc.file).is_absolute():
-            item.location = type(loc)(_shown(Path(loc.file)), loc.line, loc.column)
-        elif _root_shown:
-            item.location = type(loc)(f"{_root_shown}/{loc.file}", loc.line, loc.column)
-
-
-def _print_notes(notices: Sequence[str], warnings: Sequence[str]) -> None:
-    for notice in notices:
-        _err(f"note: {notice}")
-    for warning in warnings:
-        _err(f"warning: {warning}")
-
-
-@cli.command()
-@workflow_argument
-@root_option
-@click.option("--json", "as_json", is_flag=True, help="Print the plan (or the errors) as JSON.")
-def validate(workflow: Path, root: Path | None, as_json: bool) -> int:
-    """Check a workflow and its templates; print the parallel waves and the critical path."""
-    try:
-        compiled = _compile(workflow, root)
-    except WorkflowError as exc:
-        if not as_json:
-            raise
-        _relocate(exc)
-        errors = exc.errors if isinstance(exc, WorkflowErrors) else [exc]
-        click.echo(json.dumps({"valid": False, "errors": [_error_json(e) for e in errors]}, indent=2))
-        return EXIT_USAGE
-    summary = compiled.summary()
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return EXIT_OK
-    plan = compiled.plan
-    agents = {a.agent for a in compiled.rendered if not a.coordinator}
-    counts = f"{len(plan.order)} stages, {len(agents)} agents"
-    click.echo(f"{_shown(workflow.absolute())}: workflow {plan.workflow.name!r} is valid ({counts})")
-    click.echo("Waves (stages in one wave can run in parallel):")
-    width = len(str(len(plan.waves)))
-    for index, wave in enumerate(plan.waves, 1):
-        click.echo(f"  {index:>{width}}. {', '.join(wave)}")
-    click.echo(f"Critical path: {' → '.join(plan.critical_path)} ({len(plan.critical_path)} stages)")
-    click.echo(f"Audit stage: {plan.audit_stage}")
-    click.echo("Agents:")
-    for agent in compiled.rendered:
-        label = "coordinator" if agent.coordinator else agent.agent
-        click.echo(f"  {label:<14} {agent.name}  ({agent.model})")
-    _print_notes(plan.notices, compiled.warnings)
-    return EXIT_OK
-
-
-def _error_json(error: OrchestrateError) -> dict[str, Any]:
-    loc = error.location
-    return {
-        "file": loc.file if loc else None,
-        "line": loc.line if loc else None,
-        "column": loc.column if loc else None,
-        "message": error.message,
-        "hint": error.hint,
-    }
-
-
-@cli.command()
-@workflow_argument
-@root_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["mermaid", "dot", "json", "text"]),
-    default="mermaid",
-    show_default=True,
-    help="Drawing format.",
-)
-def graph(workflow: Path, root: Path | None, fmt: str) -> int:
-    """Draw the workflow's DAG (mermaid, Graphviz dot, JSON or text)."""
-    with _paused_gc():
-        from .compiler import load_plan
-        from .graph import render_graph
-
-    plan, _, _ = load_plan(workflow.absolute(), _project(workflow, root))
-    click.echo(render_graph(plan, fmt))
-    _print_notes(plan.notices, ())
-    return EXIT_OK
-
-
-@cli.command("compile")
-@workflow_argument
-@root_option
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output folder (default: output/).")
-@click.option(
-    "--target",
-    type=click.Choice(["opencode", "claude", "all"]),
-    default="all",
-    show_default=True,
-    help="Which tool's agent files to write.",
-)
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the output folder is not up to date.")
-@click.option("--force", is_flag=True, help="Overwrite files in the output folder that orchestrate did not write.")
-def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, check: bool, force: bool) -> int:
-    """Render every agent's instructions and write OpenCode and Claude Code agent files."""
-    with _paused_gc():
-        from .compiler import check_output, write_output
-
-    compiled = _compile(workflow, root, target)
-    out_dir = out.absolute() if out else compiled.project.output_dir
-    shown_out = _shown(out_dir)
-    shown_wf = _shown(workflow.absolute())
-    _print_notes(compiled.plan.notices, compiled.warnings)
-    if check:
-        report = check_output(compiled, out_dir)
-        if report.ok:
-            click.echo(f"{shown_out}/ is up to date with {shown_wf} ({len(report.up_to_date)} files)")
-            return EXIT_OK
-        click.echo(f"{shown_out}/ is not up to date with {shown_wf}:")
-        for label, paths in (("stale", report.stale), ("missing", report.missing), ("extra", report.extra)):
-            for rel in paths:
-                click.echo(f"  {label:<8}{shown_out}/{rel}")
-        _err(f"Run: orchestrate compile {shown_wf}" + (f" --out {shown_out}" if out else ""))
-        return EXIT_FAILED
-    result = write_output(compiled, out_dir, force=force)
-    for rel in result.written:
-        click.echo(f"  wrote    {shown_out}/{rel}")
-    for rel in result.removed:
-        click.echo(f"  removed  {shown_out}/{rel}")
-    click.echo(
-        f"Compiled {shown_wf} → {shown_out}/: {len(result.written)} written, "
-        f"{len(result.unchanged)} unchanged, {len(result.removed)} removed"
-    )
-    return EXIT_OK
 
 
 def run_options(func: Any) -> Any:
@@ -287,7 +59,7 @@ def run_options(func: Any) -> Any:
 
 def _run_request(task: str, params: tuple[str, ...], params_file: Path | None, **more: Any) -> Any:
     with _paused_gc():
-        from .run import RunRequest
+        from ..run import RunRequest
 
     responses = more.pop("responses", None)
     record, replay = more.pop("record", None), more.pop("replay", None)
@@ -338,11 +110,11 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
     3 paused at an approval gate, 4 stopped at the budget, 130 interrupted.
     """
     with _paused_gc():
-        from .console import JsonView, LiveView, PlainView
-        from .engine import RunControl
-        from .errors import UsageError
-        from .report import summary_lines
-        from .run import prepare_run, run_prepared
+        from ..console import JsonView, LiveView, PlainView
+        from ..engine import RunControl
+        from ..errors import UsageError
+        from ..report import summary_lines
+        from ..run import prepare_run, run_prepared
 
     project = _project(workflow, root)
     prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
@@ -372,7 +144,7 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
     with _signals_stop(control):
         outcome = run_prepared(prepared, listeners=[view], control=control, on_start=started)
     if not as_json:
-        from .state import recover_state
+        from ..state import recover_state
 
         click.echo("")
         for line in summary_lines(recover_state(prepared.folder), _shown(prepared.folder)):
@@ -389,9 +161,9 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
     """Show what `run` would do, without calling any API: the waves, which stages run or are kept
     and why, prompt sizes, and estimated tokens and cost, checked against the budget."""
     with _paused_gc():
-        from .forecast import forecast_run
-        from .report import format_cost
-        from .run import prepare_run
+        from ..forecast import forecast_run
+        from ..report import format_cost
+        from ..run import prepare_run
 
     project = _project(workflow, root)
     prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
@@ -472,10 +244,10 @@ def _k(tokens: int) -> str:
 def explain(task: str, stage: str, root: Path | None) -> int:
     """Say why a stage ran, was kept, skipped, failed, is blocked or waits, from the task's state and log."""
     with _paused_gc():
-        from .explain import explain_stage
-        from .params import check_stage, check_task
-        from .project import Project
-        from .state import read_events, recover_state
+        from ..explain import explain_stage
+        from ..params import check_stage, check_task
+        from ..project import Project
+        from ..state import read_events, recover_state
 
     project = Project((root or Path.cwd()).absolute())
     folder = project.state_root / check_task(task)
@@ -515,10 +287,10 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
         import getpass
         import time
 
-        from .approvals import record_decision
-        from .params import check_task
-        from .project import Project
-        from .state import recover_state
+        from ..approvals import record_decision
+        from ..params import check_task
+        from ..project import Project
+        from ..state import recover_state
 
     project = Project((root or Path.cwd()).absolute())
     folder = project.state_root / check_task(task)
@@ -565,10 +337,10 @@ def reject(task: str, stage: str, note: str, root: Path | None) -> int:
 def status(task: str, root: Path | None, as_json: bool) -> int:
     """Show where a task's run stands, from its saved state."""
     with _paused_gc():
-        from .params import check_task
-        from .project import Project
-        from .report import summary_lines
-        from .state import recover_state
+        from ..params import check_task
+        from ..project import Project
+        from ..report import summary_lines
+        from ..state import recover_state
 
     project = Project((root or Path.cwd()).absolute())
     folder = project.state_root / check_task(task)
@@ -579,51 +351,3 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
         for line in summary_lines(state, _shown(folder)):
             click.echo(line)
     return EXIT_OK
-
-
-@cli.command()
-def schema() -> int:
-    """Print the JSON Schema of workflow files (for editors)."""
-    with _paused_gc():
-        from .workflow import json_schema
-
-    click.echo(json.dumps(json_schema(), indent=2))
-    return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: run the CLI and turn every outcome into one exit code."""
-    global _debug, _root_shown
-    _debug, _root_shown = False, None
-    try:
-        code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-    except click.exceptions.Abort:
-        _err("Interrupted.")
-        sys.exit(EXIT_INTERRUPTED)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except OrchestrateError as exc:
-        if _debug:
-            traceback.print_exc()
-        _relocate(exc)
-        for line in exc.lines():
-            _err(line)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _err("Interrupted.")
-        sys.exit(EXIT_INTERRUPTED)
-    except BrokenPipeError:
-        # `orchestrate schema | head`: stdout closed early is not an error worth a traceback.
-        sys.stderr.close()
-        sys.exit(EXIT_OK)
-    except Exception as exc:
-        if _debug:
-            traceback.print_exc()
-        else:
-            _err(f"Internal error: {type(exc).__name__}: {exc}")
-            _err("  hint: this is a bug in orchestrate; rerun with --debug and report the traceback")
-        sys.exit(EXIT_INTERNAL)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,15 @@
+"""The ``orchestrate`` command line: parse arguments, call one library function, print.
+
+The only package that imports click, reads the working directory or prints.
+``base`` holds the group and ``main``; each other module adds the commands of
+one area to the group when it is imported.
+"""
+
+from __future__ import annotations
+
+from . import running, workflow
+from .base import cli, main
+
+__all__ = ["cli", "main"]
+
+del running, workflow  # imported for the commands they register
