@@ -28,6 +28,8 @@ __all__ = [
     "RunStarted",
     "StageExpanded",
     "StageFailed",
+    "StageNoted",
+    "StageReopened",
     "StageRetrying",
     "StageReused",
     "StageSkipped",
@@ -169,6 +171,26 @@ class StageExpanded:
 
 
 @dataclass(slots=True)
+class StageReopened:
+    """A finished or skipped stage goes back to pending: it is started again by hand after a failure, or
+    a stage it needs is (``orchestrate state start``), or the audit sent it back in a run driven by hand."""
+
+    time: float
+    stage: str
+    reason: str
+
+
+@dataclass(slots=True)
+class StageNoted:
+    """A note on a stage (``orchestrate state note``), for the people and agents who read the state."""
+
+    time: float
+    stage: str
+    text: str
+    by: str = ""
+
+
+@dataclass(slots=True)
 class RunFinished:
     time: float
     status: str
@@ -192,6 +214,8 @@ Event = (
     | StageFailed
     | StageSkipped
     | StageExpanded
+    | StageReopened
+    | StageNoted
     | ApprovalRequested
     | ApprovalDecided
     | AuditRound
@@ -208,6 +232,8 @@ _NAMES: dict[type[Any], str] = {
     StageFailed: "stage_failed",
     StageSkipped: "stage_skipped",
     StageExpanded: "stage_expanded",
+    StageReopened: "stage_reopened",
+    StageNoted: "stage_noted",
     ApprovalRequested: "approval_requested",
     ApprovalDecided: "approval_decided",
     AuditRound: "audit_round",

@@ -29,8 +29,9 @@ LOCK_FILE = ".lock"
 class TaskLock:
     """``with TaskLock(folder, command): ...`` — refuse (StateError) when another run holds it."""
 
-    def __init__(self, folder: Path, command: str = "", *, display: str | None = None) -> None:
+    def __init__(self, folder: Path, command: str = "", *, display: str | None = None, wait: float = 0.0) -> None:
         self.path = folder / LOCK_FILE
+        self.wait = wait  # seconds to wait for a holder to let go (state commands hold it for milliseconds)
         self.command = command
         self.display = display or str(folder)
         self.took_over: dict[str, object] | None = None  # the holder of a lock left by a dead run
@@ -43,7 +44,9 @@ class TaskLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"can't create the state folder {self.display}: {exc.strerror or exc}") from exc
-        for _ in range(100):
+        deadline = time.monotonic() + self.wait
+        replaced = 0
+        while replaced < 100:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
@@ -53,12 +56,16 @@ class TaskLock:
             except BlockingIOError:
                 holder = _read(fd)
                 os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
                 raise StateError(_busy_message(self.display, holder), hint=_busy_hint(holder)) from None
             except OSError as exc:
                 os.close(fd)
                 raise StateError(f"can't lock {self.display}/{LOCK_FILE}: {exc.strerror or exc}") from exc
             if not _same_file(fd, self.path):  # removed by a run that just finished: lock the new one
                 os.close(fd)
+                replaced += 1
                 continue
             previous = _read(fd)
             if previous:

@@ -80,6 +80,17 @@ def _headline(state: RunState) -> str:
 def next_steps(state: RunState) -> list[str]:
     """What a person (or agent) reading the state should do now."""
     rerun = f"`{state.command}`" if state.command else "the same `orchestrate run` command"
+    if state.driver == "state" and state.status in ("running", "failed", "interrupted"):
+        driven = [
+            f"This run is driven stage by stage: `orchestrate state next {state.task}` lists what may start; "
+            f"`orchestrate state start {state.task} STAGE` starts one."
+        ]
+        driven += [
+            f"Stage `{s.id}` failed: {' '.join((s.error or '').split())}. Start it again to retry."
+            for s in state.stages.values()
+            if s.status == "failed"
+        ]
+        return driven
     if state.status == "running":
         return [f"Wait for the run, or follow it with `orchestrate status {state.task}`."]
     if state.status == "succeeded":
@@ -207,6 +218,12 @@ def render_markdown(state: RunState) -> str:
         for item in state.rounds:
             sent = f"; sent back {', '.join(item.rework)}" if item.rework else ""
             lines.append(f"{item.round}. {item.verdict} — {item.findings} findings{sent}. {_cell(item.summary)}")
+    noted = [(s.id, note) for s in state.stages.values() for note in s.notes]
+    if noted:
+        lines += ["", "## Notes", ""]
+        lines += [
+            f"- `{sid}` ({note.time}{', ' + note.by if note.by else ''}): {_cell(note.text)}" for sid, note in noted
+        ]
     lines += ["", "## What next", ""]
     lines += [f"- {step}" for step in next_steps(state)]
     return "\n".join(lines) + "\n"

@@ -85,6 +85,8 @@ class RunRequest:
     environ: Mapping[str, str] = field(default_factory=dict)
     record: Path | None = None
     replay: Path | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # typed values (a stored run's), under the others
+    driven: bool = False  # stages run elsewhere and are recorded with ``orchestrate state``: no runner needed
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         if request.params_file
         else None
     )
+    if request.params:
+        from_file = {**request.params, **(from_file or {})}
     params = resolve_params(plan.workflow, parse_param_args(request.param_args), from_file)
     if (request.responses_file or request.latency) and not request.offline:
         raise UsageError("--responses and --latency only apply to offline runs", hint="add --offline")
@@ -193,7 +197,7 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         raise UsageError(
             f"--replay {request.replay}: no such folder", hint="record one first with: orchestrate run ... --record DIR"
         )
-    if not request.offline:
+    if not request.offline and not request.driven:
         for kind in dict.fromkeys(plan.runner_for(sid) for sid in plan.order):
             if kind in ("claude-code", "opencode"):
                 from .runners.agent_cli import find_cli

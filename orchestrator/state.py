@@ -40,6 +40,8 @@ from .events import (
     RunStarted,
     StageExpanded,
     StageFailed,
+    StageNoted,
+    StageReopened,
     StageRetrying,
     StageReused,
     StageSkipped,
@@ -56,6 +58,7 @@ from .runners import Usage
 __all__ = [
     "SCHEMA_VERSION",
     "ApprovalState",
+    "NoteState",
     "RoundState",
     "RunState",
     "StageState",
@@ -127,6 +130,14 @@ class RoundState(BaseModel):
     finished: str
 
 
+class NoteState(BaseModel):
+    """A note left on a stage with ``orchestrate state note``."""
+
+    time: str
+    text: str
+    by: str = ""
+
+
 class StageState(BaseModel):
     id: str
     agent: str
@@ -156,6 +167,7 @@ class StageState(BaseModel):
     instance_of: str | None = None  # an instance's foreach stage
     item: Any = None  # an instance's item
     conditional: bool = False  # skipped because its ``if`` was false
+    notes: list[NoteState] = Field(default_factory=list)
 
 
 class RunState(BaseModel):
@@ -169,6 +181,7 @@ class RunState(BaseModel):
     task: str
     params: dict[str, Any] = Field(default_factory=dict)
     command: str = ""
+    driver: Literal["run", "state"] = "run"  # "state": driven stage by stage with ``orchestrate state``
     offline: bool = False
     max_parallel: int = 1
     status: RunStatus = "running"
@@ -366,6 +379,14 @@ def apply_event(state: RunState, event: Event) -> None:
         stage.finished = timestamp(event.time)
         stage.duration = event.duration
         stage.error = event.error
+    elif isinstance(event, StageReopened):
+        stage.status = "pending"
+        stage.reason = event.reason
+        stage.error = None
+        stage.conditional = False
+        stage.finished = stage.duration = None
+    elif isinstance(event, StageNoted):
+        stage.notes.append(NoteState(time=timestamp(event.time), text=event.text, by=event.by))
     elif isinstance(event, StageSkipped):
         stage.status = "skipped"
         stage.error = event.reason
@@ -433,7 +454,9 @@ class StateStore:
     event loop only hands it events (``on_event`` is a queue put), so writing,
     fsync and rendering never hold up the scheduler, and everything reaches the
     disk in the order it happened. ``close`` drains the queue, writes the final
-    state and re-raises a write error if one happened.
+    state and re-raises a write error if one happened. With ``threaded=False``
+    (a state command recording one step under the task's lock) each event is
+    written before ``on_event`` returns, and ``close`` writes the state files.
     """
 
     def __init__(
@@ -443,6 +466,7 @@ class StateStore:
         render_markdown: Callable[[RunState], str],
         *,
         flush_interval: float = 0.25,
+        threaded: bool = True,
     ) -> None:
         self.folder = folder
         self.state = state
@@ -462,18 +486,25 @@ class StateStore:
             raise StateError(f"can't write the state folder {folder}: {exc.strerror or exc}") from exc
         self.flush()
         self._thread = threading.Thread(target=self._work, name="orchestrate-state-writer", daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread.start()
+        self._threaded = threaded
 
     # -- the event loop's side ---------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
-        self._queue.put(event)
+        if self._threaded:
+            self._queue.put(event)
+        else:  # the caller waits for each write, and reads ``state`` right after
+            self._handle(event)
 
     def close(self) -> None:
         """Write everything still queued and the final state; raise the first write error, if any."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        elif not self._threaded and self._events_fd is not None:
+            self.flush()
         if self._events_fd is not None:
             os.close(self._events_fd)
             self._events_fd = None

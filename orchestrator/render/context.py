@@ -177,5 +177,11 @@ def instruction_context(
             "run": f"orchestrate run {source} --task <task>",
             "status": "orchestrate status <task>",
             "validate": f"orchestrate validate {source}",
+            "begin": f"orchestrate state begin {source} --task <task>",
+            "next": "orchestrate state next <task>",
+            "start": "orchestrate state start <task> <stage>",
+            "done": "orchestrate state done <task> <stage> --output <file>",
+            "fail": "orchestrate state fail <task> <stage> --reason <text>",
+            "note": "orchestrate state note <task> <stage> <text>",
         },
     }
