@@ -154,6 +154,11 @@ def _existing(out_dir: Path, targets: Iterable[Target]) -> list[Path]:
     return found
 
 
+def _same_text(path: Path, content: bytes) -> bool:
+    """The file holds ``content``, in LF or CRLF line endings (git's autocrlf writes CRLF on Windows)."""
+    return path.read_bytes().replace(b"\r\n", b"\n") == content
+
+
 @dataclass
 class CheckReport:
     """What differs between the output folder and a fresh compile."""
@@ -185,7 +190,7 @@ def check_files(
         path = out_dir / rel
         if not path.is_file():
             report.missing.append(rel)
-        elif path.read_bytes().replace(b"\r\n", b"\n") != generated.content:
+        elif not _same_text(path, generated.content):
             report.stale.append(rel)
         else:
             report.up_to_date.append(rel)
@@ -200,6 +205,8 @@ def write_files(
     out_dir: Path, files: list[GeneratedFile], source: str, targets: Iterable[Target] = TARGETS, *, force: bool = False
 ) -> WriteReport:
     """Write changed files atomically and delete files this workflow generated before but no longer does.
+
+    A file that differs only in line endings (a CRLF checkout) is unchanged and left as it is.
 
     Refuses (before writing anything) to overwrite a file orchestrate did not
     generate, or one generated from another workflow, unless ``force``.
@@ -225,7 +232,7 @@ def write_files(
     try:
         for generated in files:
             path = out_dir / generated.path
-            if path.is_file() and path.read_bytes() == generated.content:
+            if path.is_file() and _same_text(path, generated.content):
                 report.unchanged.append(generated.path)
                 continue
             atomic_write(path, generated.content)

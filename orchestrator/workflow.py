@@ -9,7 +9,7 @@ a ``SourceMap`` so later checks can point at the line a value came from.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -116,10 +116,15 @@ def _check_template(value: str) -> str:
     return value
 
 
-StageId = Annotated[StrictStr, AfterValidator(_check_id)]
-AgentName = Annotated[StrictStr, AfterValidator(_check_id)]
-ParamName = Annotated[StrictStr, AfterValidator(_check_param_name)]
-ModelId = Annotated[StrictStr, AfterValidator(_check_model)]
+def _pattern(regex: re.Pattern[str]) -> Any:
+    """The regex a validator fullmatches, repeated in the JSON Schema so editors flag a bad value as it is typed."""
+    return Field(json_schema_extra={"pattern": f"^{regex.pattern}$"})
+
+
+StageId = Annotated[StrictStr, AfterValidator(_check_id), _pattern(ID_RE)]
+AgentName = Annotated[StrictStr, AfterValidator(_check_id), _pattern(ID_RE)]
+ParamName = Annotated[StrictStr, AfterValidator(_check_param_name), _pattern(PARAM_RE)]
+ModelId = Annotated[StrictStr, AfterValidator(_check_model), _pattern(MODEL_RE)]
 RelPath = Annotated[StrictStr, AfterValidator(_check_relpath)]
 TemplateName = Annotated[StrictStr, AfterValidator(_check_template)]
 
@@ -130,14 +135,26 @@ class _Model(BaseModel):
 
 
 class ParamSpec(_Model):
-    """A launch-time input, given as ``--param name=value``."""
+    """A launch-time input, given as `--param name=value`; prompts read it as `params.<name>`."""
 
-    description: str = Field("", description="What the param means; shown in help and to the coordinator.")
-    type: Literal["string", "integer", "number", "boolean"] = Field(
-        "string", description="The value's type; command-line values are converted to it."
+    description: str = Field(
+        "",
+        description="What the param means, e.g. 'The feature to build'; shown to the coordinator and in the error "
+        "when a required param is missing. Default: empty.",
     )
-    required: bool = Field(False, description="The run refuses to start without it.")
-    default: Any = Field(None, description="Value used when the param is not given (string, number or boolean).")
+    type: Literal["string", "integer", "number", "boolean"] = Field(
+        "string",
+        description="The value's type: string, integer, number or boolean; command-line values are converted to it "
+        "(booleans: true/false, yes/no, on/off, 1/0). Default: string.",
+    )
+    required: bool = Field(
+        False, description="true: `orchestrate run` refuses to start without `--param <name>=...`. Default: false."
+    )
+    default: Any = Field(
+        None,
+        description="Value used when the run doesn't give the param: a string, number or boolean of the param's "
+        "type, e.g. 3. Not allowed on a required param. Default: none (the param is left out of params).",
+    )
 
     @model_validator(mode="after")
     def _default_fits(self) -> ParamSpec:
@@ -161,27 +178,47 @@ class ParamSpec(_Model):
 class Defaults(_Model):
     """Settings every stage inherits unless its agent or the stage overrides them."""
 
-    model: ModelId = Field(DEFAULT_MODEL, description="Anthropic model id used when nothing more specific is set.")
-    max_parallel: int = Field(4, ge=1, le=256, description="Stages run at once at most; 1 = strictly sequential.")
-    max_tokens: int = Field(8192, ge=1, le=200_000, description="Output token limit of each model request.")
+    model: ModelId = Field(
+        DEFAULT_MODEL,
+        description="Anthropic model id for stages whose agent and stage set none, without a provider prefix, e.g. "
+        f"claude-opus-5-5. Default: {DEFAULT_MODEL}.",
+    )
+    max_parallel: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Most stages running at once (1 to 256); 1 = strictly sequential. `orchestrate run "
+        "--max-parallel` overrides it. Default: 4.",
+    )
+    max_tokens: int = Field(
+        8192, ge=1, le=200_000, description="Output token limit of each model request (1 to 200000). Default: 8192."
+    )
     timeout: float = Field(
-        1800, gt=0, le=86_400, description="Seconds a stage may take in all, retries included, before it fails."
+        1800,
+        gt=0,
+        le=86_400,
+        description="Seconds one try of a stage may take, the API client's own retries included; a try that runs "
+        "over fails. A stage's timeout overrides it. Default: 1800 (30 minutes).",
     )
     max_turns: int = Field(
-        30, ge=1, le=1000, description="Model turns a tool-using stage may take before it fails (tool loops end)."
+        30,
+        ge=1,
+        le=1000,
+        description="Model turns a tool-using stage may take before it fails, so tool loops end (1 to 1000). "
+        "Default: 30.",
     )
 
 
 class Price(_Model):
-    """USD per million tokens."""
+    """Prices of one model or family in USD per million tokens, e.g. {input: 3, output: 15}."""
 
-    input: float = Field(ge=0, description="Input tokens.")
-    output: float = Field(ge=0, description="Output tokens.")
+    input: float = Field(ge=0, description="USD per million input tokens, e.g. 3. Required.")
+    output: float = Field(ge=0, description="USD per million output tokens, e.g. 15. Required.")
     cache_read: float | None = Field(
-        None, ge=0, description="Tokens read from the prompt cache (default: 10% of input)."
+        None, ge=0, description="USD per million tokens read from the prompt cache. Default: 10% of input."
     )
     cache_write: float | None = Field(
-        None, ge=0, description="Tokens written to the prompt cache (default: 125% of input)."
+        None, ge=0, description="USD per million tokens written to the prompt cache. Default: 125% of input."
     )
 
 
@@ -214,21 +251,46 @@ def _check_opencode_model(value: str) -> str:
 
 
 class OpenCodePermission(_Model):
-    """OpenCode's per-agent permissions: allow, ask or deny, or a map of patterns to those."""
+    """OpenCode's per-agent permissions, per tool: allow, ask or deny, or a map of patterns to those.
+    A tool left out keeps OpenCode's own default."""
 
-    read: PatternLevels | None = Field(None, description="Reading files (a level, or {glob: level}).")
-    edit: PatternLevels | None = Field(None, description="Editing files (a level, or {glob: level}).")
-    glob: PatternLevels | None = Field(None, description="Finding files by pattern.")
-    grep: PatternLevels | None = Field(None, description="Searching file contents.")
-    list: PatternLevels | None = Field(None, description="Listing folders.")
-    bash: PatternLevels | None = Field(
-        None, description="Shell commands: one level, or a map of command patterns ('git *') to levels."
+    read: PatternLevels | None = Field(
+        None,
+        description="Reading files: allow, ask or deny, or {glob: level}, e.g. {'*.env': deny}. Default: OpenCode's.",
     )
-    task: PatternLevels | None = Field(None, description="Starting subagents (a level, or {agent: level}).")
-    external_directory: PatternLevels | None = Field(None, description="Touching files outside the project.")
-    webfetch: PermissionLevel | None = Field(None, description="Fetching web pages.")
-    websearch: PermissionLevel | None = Field(None, description="Searching the web.")
-    todowrite: PermissionLevel | None = Field(None, description="Writing the todo list.")
+    edit: PatternLevels | None = Field(
+        None, description="Editing files: allow, ask or deny, or {glob: level}, e.g. deny. Default: OpenCode's."
+    )
+    glob: PatternLevels | None = Field(
+        None, description="Finding files by name pattern: allow, ask or deny, or {pattern: level}. Default: OpenCode's."
+    )
+    grep: PatternLevels | None = Field(
+        None, description="Searching file contents: allow, ask or deny, or {pattern: level}. Default: OpenCode's."
+    )
+    list: PatternLevels | None = Field(
+        None, description="Listing folders: allow, ask or deny, or {path: level}. Default: OpenCode's."
+    )
+    bash: PatternLevels | None = Field(
+        None,
+        description="Shell commands: one level, or a map of command patterns to levels, e.g. "
+        "{'*': ask, 'git status': allow}. Default: OpenCode's.",
+    )
+    task: PatternLevels | None = Field(
+        None, description="Starting subagents: allow, ask or deny, or {agent: level}. Default: OpenCode's."
+    )
+    external_directory: PatternLevels | None = Field(
+        None,
+        description="Touching files outside the project: allow, ask or deny, or {path: level}. Default: OpenCode's.",
+    )
+    webfetch: PermissionLevel | None = Field(
+        None, description="Fetching web pages: allow, ask or deny. Default: OpenCode's."
+    )
+    websearch: PermissionLevel | None = Field(
+        None, description="Searching the web: allow, ask or deny. Default: OpenCode's."
+    )
+    todowrite: PermissionLevel | None = Field(
+        None, description="Writing the todo list: allow, ask or deny. Default: OpenCode's."
+    )
 
 
 PermissionSetting = Annotated[
@@ -238,24 +300,39 @@ PermissionSetting = Annotated[
 
 
 class OpenCodeOptions(_Model):
-    """Extra settings written into the OpenCode agent's frontmatter."""
+    """Extra settings written into the agent's OpenCode file (output/opencode/agents/), e.g.
+    {permission: {edit: deny}}."""
 
     model: Annotated[StrictStr, AfterValidator(_check_opencode_model)] | None = Field(
-        None, description="Model for OpenCode only, as provider/model (default: anthropic/<the agent's model>)."
+        None,
+        description="Model for OpenCode only, as provider/model, e.g. anthropic/claude-sonnet-4-5. "
+        "Default: anthropic/<the agent's model>.",
     )
-    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
-    top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling.")
-    steps: int | None = Field(None, ge=1, le=10_000, description="Most tool-using steps the agent may take.")
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Sampling temperature, 0 to 2, e.g. 0.2. Default: OpenCode's."
+    )
+    top_p: float | None = Field(
+        None, ge=0, le=1, description="Nucleus sampling, 0 to 1, e.g. 0.9. Default: OpenCode's."
+    )
+    steps: int | None = Field(
+        None, ge=1, le=10_000, description="Most tool-using steps the agent may take, e.g. 50. Default: OpenCode's."
+    )
     permission: PermissionSetting | None = Field(
-        None, description="What the agent may do without asking: one level for everything, or per tool."
+        None,
+        description="What the agent may do without asking: one level (allow, ask or deny) for everything, or per "
+        "tool, e.g. {edit: deny, bash: ask}. Default: derived from the agent's tools, else OpenCode's defaults.",
     )
     tools: dict[StrictStr, bool] | None = Field(
-        None, description="Turn individual OpenCode tools on or off, e.g. {write: false} (prefer permission)."
+        None,
+        description="Turn individual OpenCode tools on or off, e.g. {write: false}; prefer permission. "
+        "Default: OpenCode's.",
     )
     color: Annotated[StrictStr, AfterValidator(_check_color)] | None = Field(
-        None, description="Colour of the agent in OpenCode's UI: #RRGGBB or a theme colour such as accent."
+        None,
+        description="Colour of the agent in OpenCode's UI: #RRGGBB, e.g. '#ff8800', or a theme colour (primary, "
+        "secondary, accent, success, warning, error, info). Default: OpenCode's.",
     )
-    hidden: bool | None = Field(None, description="Hide a subagent from OpenCode's @ menu.")
+    hidden: bool | None = Field(None, description="true: hide the subagent from OpenCode's @ menu. Default: false.")
 
 
 CLAUDE_MODEL_ALIASES = ("sonnet", "opus", "haiku", "inherit")
@@ -266,13 +343,18 @@ def _check_claude_model(value: str) -> str:
 
 
 class ClaudeOptions(_Model):
-    """Extra settings written into the Claude Code subagent's frontmatter."""
+    """Extra settings written into the agent's Claude Code file (output/claude/agents/), e.g.
+    {tools: [Read, Grep, Glob]}."""
 
     tools: tuple[StrictStr, ...] | None = Field(
-        None, description="Tools the subagent may use (e.g. [Read, Grep, Glob]); all tools when unset."
+        None,
+        description="Claude Code tools the subagent may use, e.g. [Read, Grep, Glob]. Default: the agent's tools in "
+        "Claude Code's terms, or every tool when the agent lists none.",
     )
     model: Annotated[StrictStr, AfterValidator(_check_claude_model)] | None = Field(
-        None, description="Model for Claude Code only: an alias (sonnet, opus, haiku, inherit) or a model id."
+        None,
+        description="Model for Claude Code only: an alias (sonnet, opus, haiku, inherit) or a model id, e.g. opus. "
+        "Default: the agent's model.",
     )
 
 
@@ -283,19 +365,24 @@ def _check_command_prefix(value: str) -> str:
 
 
 class Permissions(_Model):
-    """What the ``bash`` tool may run. Off unless granted."""
+    """What the `bash` tool may run, e.g. {bash: [pytest, 'git diff']}. Off unless granted."""
 
     bash: tuple[Annotated[StrictStr, AfterValidator(_check_command_prefix)], ...] = Field(
         (),
-        description="Commands the bash tool may run: a command runs only if its words start with one of these "
-        "(e.g. 'pytest', 'npm test', 'git diff').",
+        description="Commands the bash tool may run: a command runs only if its words start with one of these, "
+        "e.g. [pytest, 'npm test', 'git diff']. Default: [] (no command may run).",
     )
     shell: bool = Field(
         False,
         description="Allow shell syntax (pipes, &&, redirections) in bash commands; each command in it must "
-        "still start with an allowed prefix.",
+        "still start with an allowed prefix. Default: false.",
     )
-    bash_timeout: float = Field(120, gt=0, le=86_400, description="Seconds one bash command may take.")
+    bash_timeout: float = Field(
+        120,
+        gt=0,
+        le=86_400,
+        description="Seconds one bash command may take before it and its child processes are killed. Default: 120.",
+    )
 
 
 Tool = Literal["read", "edit", "search", "bash"]
@@ -306,26 +393,44 @@ class AgentSpec(_Model):
     """An agent type: its instructions template, static model routing, tools and runner."""
 
     template: TemplateName | None = Field(
-        None, description="Instructions template under content/instructions/; defaults to <agent>.md."
+        None,
+        description="Instructions template, relative to content/instructions/ (or the shipped defaults), e.g. "
+        "team/review.md. Default: <agent>.md.",
     )
-    model: ModelId | None = Field(None, description="Model for every stage this agent runs.")
-    description: str | None = Field(None, description="One line saying what the agent does; tools show it.")
-    opencode: OpenCodeOptions | None = Field(None, description="Settings only for the OpenCode config.")
-    claude: ClaudeOptions | None = Field(None, description="Settings only for the Claude Code config.")
+    model: ModelId | None = Field(
+        None, description="Model for every stage this agent runs, e.g. claude-opus-5-5. Default: defaults.model."
+    )
+    description: str | None = Field(
+        None,
+        description="One line saying what the agent does; OpenCode and Claude Code show it and pick subagents by "
+        "it. Default: generated from the stages the agent runs.",
+    )
+    opencode: OpenCodeOptions | None = Field(
+        None, description="Settings only for the agent's OpenCode file, e.g. {permission: {edit: deny}}. Default: none."
+    )
+    claude: ClaudeOptions | None = Field(
+        None, description="Settings only for the agent's Claude Code file, e.g. {tools: [Read, Grep]}. Default: none."
+    )
     tools: tuple[Tool, ...] = Field(
         (),
-        description="Tools the agent may use in the workspace when run through the API: read, edit, search, bash "
-        "(bash also needs permissions).",
+        description="Tools the agent may use in the workspace: read, edit, search, bash (bash also needs "
+        "permissions), e.g. [read, search]. Default: [] (text in, text out).",
     )
     max_turns: int | None = Field(
-        None, ge=1, le=1000, description="Model turns a stage of this agent may take (default: defaults.max_turns)."
+        None,
+        ge=1,
+        le=1000,
+        description="Model turns a stage of this agent may take (1 to 1000). Default: defaults.max_turns.",
     )
     runner: RunnerName | None = Field(
         None,
-        description="What runs the agent's stages: anthropic (the API, default), claude-code or opencode (the CLI).",
+        description="What runs the agent's stages: anthropic (the API), claude-code or opencode (their command "
+        "lines). Default: anthropic.",
     )
     permissions: Permissions | None = Field(
-        None, description="What the agent's bash tool may run (overrides the workflow's permissions)."
+        None,
+        description="What the agent's bash tool may run, e.g. {bash: [pytest]}; replaces the workflow's "
+        "permissions. Default: the workflow's permissions.",
     )
 
     @model_validator(mode="after")
@@ -341,7 +446,9 @@ class AgentSpec(_Model):
 class Budget(_Model):
     """A spending limit in USD, counted over every attempt (failed, retried and cancelled ones too)."""
 
-    usd: float = Field(gt=0, le=1_000_000, description="Most USD the run (or the stage) may spend.")
+    usd: float = Field(
+        gt=0, le=1_000_000, description="Most USD the run (or the stage) may spend, e.g. 5. Required, above 0."
+    )
 
 
 class AuditPolicy(_Model):
@@ -351,8 +458,8 @@ class AuditPolicy(_Model):
         1,
         ge=1,
         le=10,
-        description="Audit rounds at most: after a failed audit, the stages its findings name (and their "
-        "descendants) rerun with the findings, then the audit runs again. 1 = no rework.",
+        description="Audit rounds at most (1 to 10): after a failed audit, the stages its findings name (and their "
+        "descendants) rerun with the findings, then the audit runs again. Default: 1 (no rework).",
     )
 
 
@@ -376,61 +483,88 @@ class _StagePolicy(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, populate_by_name=True)
 
     type: Literal["agent", "approval"] = Field(
-        "agent", description="'agent' (default): an agent runs the stage. 'approval': a pure gate with no agent."
+        "agent",
+        description="agent: an agent (or a run: command) does the stage's work. approval: a pure gate with no "
+        "agent that waits for `orchestrate approve`. Default: agent.",
     )
     approval: bool | StrictStr = Field(
         False,
         description="Wait for a person's approval of the stage's output before anything downstream starts: "
-        "true, or the message to show them.",
+        "true, or the message to show them, e.g. 'Check the plan before the build'. Default: false.",
     )
     retries: int = Field(
-        0, ge=0, le=10, description="Further tries after the stage fails (beyond the API client's own retries)."
+        0,
+        ge=0,
+        le=10,
+        description="Further tries after the stage fails (0 to 10), beyond the API client's own retries of a "
+        "request. Default: 0.",
     )
     timeout: float | None = Field(
-        None, gt=0, le=86_400, description="Seconds one try of the stage may take in all (default: defaults.timeout)."
+        None,
+        gt=0,
+        le=86_400,
+        description="Seconds one try of the stage may take in all, e.g. 600. Default: defaults.timeout.",
     )
     continue_on_failure: bool = Field(
-        False, description="If the stage fails, its dependents still run and are told about the failure."
+        False,
+        description="true: if the stage fails, its dependents still run and are told about the failure. "
+        "Default: false (they are skipped).",
     )
-    budget: Budget | None = Field(None, description="Most this stage may spend, every try counted.")
+    budget: Budget | None = Field(
+        None, description="Most this stage may spend, every try counted, e.g. {usd: 2}. Default: no stage limit."
+    )
     runner: RunnerName | None = Field(
-        None, description="What runs this stage: anthropic (default), claude-code or opencode (overrides the agent's)."
+        None,
+        description="What runs this stage: anthropic (the API), claude-code or opencode; overrides the agent's. "
+        "Default: the agent's runner, else anthropic.",
     )
     permissions: Permissions | None = Field(
-        None, description="What this stage's bash tool may run (overrides the agent's and the workflow's)."
+        None,
+        description="What this stage's bash tool may run, e.g. {bash: [pytest]}; overrides the agent's and the "
+        "workflow's. Default: the agent's, else the workflow's.",
     )
     run: StrictStr | None = Field(
         None,
-        description="A shell command run instead of an agent (e.g. 'pytest -q'): its exit code decides, the tails "
-        "of its stdout and stderr are the stage's output.",
+        description="A shell command run instead of an agent, e.g. 'pytest -q': its exit code decides, the tails "
+        "of its stdout and stderr are the stage's output. Default: none (an agent runs the stage).",
     )
     env: dict[Annotated[StrictStr, AfterValidator(_check_env_name)], StrictStr] = Field(
-        default_factory=dict, description="Environment variables for the run: command (secrets are never inherited)."
+        default_factory=dict,
+        description="Environment variables for the run: command, e.g. {CI: '1'}; secrets are never inherited. "
+        "Default: none added.",
     )
-    cwd: RelPath | None = Field(None, description="Folder the run: command starts in, relative to the project root.")
+    cwd: RelPath | None = Field(
+        None,
+        description="Folder the run: command starts in, relative to the project root, e.g. frontend. "
+        "Default: the project root.",
+    )
     writes: tuple[Annotated[StrictStr, AfterValidator(_check_scope)], ...] | None = Field(
         None,
-        description="Paths or globs the stage may change (e.g. 'backend/**'). Stages whose scopes overlap never "
-        "run together; a change outside the scope fails the stage. May use {{ item }} in a foreach stage.",
+        description="Paths or globs the stage may change, e.g. ['backend/**']. Stages whose scopes overlap never "
+        "run together; a change outside the scope fails the stage. May use {{ item }} in a foreach stage. "
+        "Default: unset (no limit).",
     )
     output_schema: dict[StrictStr, Any] | RelPath | None = Field(
         None,
-        description="JSON Schema (inline, or a .json/.yaml file relative to the project root) of the stage's "
-        "structured output; saved as stages/<id>.json and readable by later prompts as data.",
+        description="JSON Schema of the stage's structured output, inline or a .json/.yaml file relative to the "
+        "project root, e.g. schemas/plan.json; saved as stages/<id>.json and readable by later prompts as data. "
+        "Default: none (plain text output).",
     )
     foreach: StrictStr | None = Field(
         None,
-        description="Fan out: an expression giving a list (e.g. '{{ stages.plan.output.tasks }}'); the stage runs "
-        "once per item, as <id>[0], <id>[1], ..., each seeing its item as `item`.",
+        description="Fan out: an expression giving a list, e.g. '{{ stages.plan.output.tasks }}'; the stage runs "
+        "once per item, as <id>[0], <id>[1], ..., each seeing its item as `item`. Default: none (runs once).",
     )
     foreach_key: Annotated[StrictStr, AfterValidator(_check_param_name)] | None = Field(
-        None, description="Name instances by this field of each item (<id>[<value>]) instead of by position."
+        None,
+        description="Name instances by this field of each item (<id>[<value>]) instead of by position, e.g. name. "
+        "Default: by position.",
     )
     condition: StrictStr | None = Field(
         None,
         alias="if",
-        description="Run the stage only if this expression over params and upstream outputs is true "
-        '(e.g. "params.with_ui"); otherwise it is skipped, its dependents still run.',
+        description="Run the stage only if this expression over params and upstream outputs is true, "
+        'e.g. "params.with_ui"; otherwise it is skipped and its dependents still run. Default: always run.',
     )
 
     @property
@@ -478,15 +612,30 @@ def _check_kind(stage: _StagePolicy, agent: str | None, prompt: str | None, mode
 class StageSpec(_StagePolicy):
     """One step of the workflow, run by one agent once its needs have succeeded."""
 
-    id: StageId = Field(description="Unique stage id; defaults to the agent's name. Becomes a file name.")
-    agent: AgentName | None = Field(None, description="The agent that runs the stage (none for type: approval).")
-    needs: tuple[StageId, ...] = Field((), description="Stages that must succeed before this one starts.")
-    description: str | None = Field(None, description="What the stage is for; shown to agents.")
-    prompt: str | None = Field(
-        None, description="The stage's task, a Jinja template rendered at run time with params and upstream outputs."
+    id: StageId = Field(
+        description="Unique stage id, e.g. backend: lowercase letters, digits, '-' and '_', at most 64 characters "
+        "(it becomes a file name). Default: the agent's name."
     )
-    model: ModelId | None = Field(None, description="Model override for this stage only.")
-    outputs: tuple[RelPath, ...] = Field((), description="Files the stage produces, relative to the project root.")
+    agent: AgentName | None = Field(
+        None,
+        description="The agent that runs the stage, e.g. build; its instructions come from "
+        "content/instructions/<agent>.md. Default: none (only for run: commands and type: approval).",
+    )
+    needs: tuple[StageId, ...] = Field(
+        (), description="Stages that must succeed before this one starts, e.g. [plan]. Default: [] (starts first)."
+    )
+    description: str | None = Field(None, description="What the stage is for; shown to agents. Default: none.")
+    prompt: str | None = Field(
+        None,
+        description="The stage's task, a Jinja template rendered at run time with params and upstream outputs, e.g. "
+        "'Plan: {{ params.goal }}'. Default: none (the agent works from its instructions and upstream outputs).",
+    )
+    model: ModelId | None = Field(
+        None, description="Model for this stage only, e.g. claude-opus-5-5. Default: the agent's model."
+    )
+    outputs: tuple[RelPath, ...] = Field(
+        (), description="Files the stage produces, relative to the project root, e.g. [docs/plan.md]. Default: []."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -560,30 +709,53 @@ class SourceMap:
 
 
 class _WorkflowBase(_Model):
-    version: Literal[1] = Field(1, description="Format version of the workflow file.")
-    name: StageId = Field(description="Workflow name; defaults to the file name. Prefixes generated agent names.")
-    description: str = Field("", description="What the workflow is for; shown to every agent.")
-    params: dict[ParamName, ParamSpec] = Field(default_factory=dict, description="Launch-time inputs.")
-    defaults: Defaults = Field(default_factory=Defaults, description="Settings every stage inherits.")
+    version: Literal[1] = Field(1, description="Format version of the workflow file; only 1 exists. Default: 1.")
+    name: StageId = Field(
+        description="Workflow name, e.g. feature: lowercase letters, digits, '-' and '_'. Prefixes the generated "
+        "agents' names (feature-plan). Default: the file name without .yaml."
+    )
+    description: str = Field(
+        "", description="What the workflow is for, in a sentence; shown to every agent. Default: empty."
+    )
+    params: dict[ParamName, ParamSpec] = Field(
+        default_factory=dict,
+        description="Launch-time inputs by name, given as `--param name=value`, e.g. "
+        "{goal: {description: What to build, required: true}}. Default: none.",
+    )
+    defaults: Defaults = Field(
+        default_factory=Defaults,
+        description="Settings every stage inherits unless its agent or the stage sets its own, e.g. "
+        "{model: claude-sonnet-5-5, max_parallel: 4}. Default: each setting's own default.",
+    )
     context: tuple[RelPath, ...] = Field(
-        (), description="Files (e.g. AGENTS.md) injected into every agent's instructions, if present."
+        (),
+        description="Files injected into every agent's instructions if present, relative to the project root, "
+        "e.g. [AGENTS.md, README.md]. Default: [].",
     )
     agents: dict[AgentName, AgentSpec] = Field(
-        default_factory=dict, description="Agent types: template, model routing and per-tool settings."
+        default_factory=dict,
+        description="Agent types by name: template, model routing, tools and per-tool settings, e.g. "
+        "{plan: {model: claude-opus-5-5}}. An agent a stage names needs no entry here. Default: none.",
     )
     pricing: dict[Annotated[StrictStr, Field(min_length=1)], Price] = Field(
         default_factory=dict,
-        description="USD prices for cost estimates, by model id or family (opus, sonnet, haiku).",
+        description="USD prices per million tokens for cost estimates and budgets, by model id or family (opus, "
+        "sonnet, haiku), e.g. {sonnet: {input: 3, output: 15}}. Default: Anthropic's list prices by family.",
     )
     budget: Budget | None = Field(
-        None, description="Most a run may spend; when the next stage would pass it, no new stage starts."
+        None,
+        description="Most a run may spend, e.g. {usd: 10}; when the next stage would pass it, no new stage starts. "
+        "Default: no limit.",
     )
     audit: AuditPolicy = Field(
-        default_factory=AuditPolicy, description="Audit policy: how many rounds of rework a failed audit may ask for."
+        default_factory=AuditPolicy,
+        description="Audit policy: how many rounds of rework a failed audit may ask for, e.g. {max_rounds: 2}. "
+        "Default: one round, no rework.",
     )
     permissions: Permissions = Field(
         default_factory=Permissions,
-        description="What bash tools may run, for every agent that doesn't set its own (bash is off by default).",
+        description="What bash tools may run, for every agent and stage that doesn't set its own, e.g. "
+        "{bash: [pytest]}. Default: nothing (bash is off).",
     )
 
     _source: SourceMap | None = PrivateAttr(default=None)
@@ -606,22 +778,46 @@ class _WorkflowBase(_Model):
 class Workflow(_WorkflowBase):
     """A workflow in canonical form: a flat list of stages joined by ``needs``."""
 
-    stages: tuple[StageSpec, ...] = Field(description="The stages, joined into a DAG by their needs.")
+    stages: tuple[StageSpec, ...] = Field(
+        description="The stages, joined into a graph by their needs; the last one should be the audit (one named "
+        "audit, run by auditor, is added when none is). Required, or pipeline: instead."
+    )
 
 
 class PipelineStage(_StagePolicy):
     """A single stage in the grouped form."""
 
-    stage: StageId | None = Field(None, description="Stage id; defaults to the agent's name.")
-    agent: AgentName | None = Field(None, description="The agent that runs the stage (none for type: approval).")
-    needs: tuple[StageId, ...] | None = Field(
-        None, description="Stages this one waits for; defaults to every stage of the previous pipeline item."
+    stage: StageId | None = Field(
+        None,
+        description="Stage id, e.g. plan: lowercase letters, digits, '-' and '_'. Default: the agent's name "
+        "(required for a stage without an agent).",
     )
-    description: str | None = Field(None, description="What the stage is for; shown to agents.")
-    prompt: str | None = Field(None, description="The stage's task, rendered at run time.")
-    model: ModelId | None = Field(None, description="Model override for this stage only.")
-    output: RelPath | None = Field(None, description="The file the stage produces (shorthand for outputs: [file]).")
-    outputs: tuple[RelPath, ...] = Field((), description="Files the stage produces.")
+    agent: AgentName | None = Field(
+        None,
+        description="The agent that runs the stage, e.g. build. Default: none (only for run: commands and "
+        "type: approval).",
+    )
+    needs: tuple[StageId, ...] | None = Field(
+        None,
+        description="Stages this one waits for, e.g. [backend, frontend]. Default: every stage of the previous "
+        "pipeline item.",
+    )
+    description: str | None = Field(None, description="What the stage is for; shown to agents. Default: none.")
+    prompt: str | None = Field(
+        None,
+        description="The stage's task, a Jinja template rendered at run time, e.g. 'Plan: {{ params.goal }}'. "
+        "Default: none.",
+    )
+    model: ModelId | None = Field(
+        None, description="Model for this stage only, e.g. claude-opus-5-5. Default: the agent's model."
+    )
+    output: RelPath | None = Field(
+        None,
+        description="The file the stage produces, e.g. plan.md; shorthand for outputs: [plan.md]. Default: none.",
+    )
+    outputs: tuple[RelPath, ...] = Field(
+        (), description="Files the stage produces, relative to the project root, e.g. [docs/plan.md]. Default: []."
+    )
 
     @model_validator(mode="after")
     def _one_output_form(self) -> PipelineStage:
@@ -636,9 +832,15 @@ class PipelineStage(_StagePolicy):
 class PipelineGroup(_Model):
     """A named group of stages that run in parallel."""
 
-    stage: StrictStr | None = Field(None, description="Label of the group (not a stage id).")
-    description: str | None = Field(None, description="What the group is for.")
-    parallel: tuple[PipelineStage, ...] = Field(min_length=1, description="Stages that may run at the same time.")
+    stage: StrictStr | None = Field(
+        None, description="Label of the group, e.g. implement (not a stage id; needs can't name it). Default: none."
+    )
+    description: str | None = Field(None, description="What the group is for. Default: none.")
+    parallel: tuple[PipelineStage, ...] = Field(
+        min_length=1,
+        description="Stages that may run at the same time, at least one; each waits for the previous pipeline item "
+        "unless it sets needs. Required.",
+    )
 
 
 def _pipeline_item_kind(value: Any) -> str:
@@ -655,7 +857,10 @@ UNION_TAGS = frozenset({"pipeline-stage", "pipeline-group", "by-value", "by-mapp
 class GroupedWorkflow(_WorkflowBase):
     """The grouped form from the design notes: ``pipeline:`` items, ``parallel:`` groups."""
 
-    pipeline: tuple[PipelineItem, ...] = Field(description="Stages in order; parallel groups run side by side.")
+    pipeline: tuple[PipelineItem, ...] = Field(
+        description="Stages in order, each waiting for the item before it; an item with parallel: is a group whose "
+        "stages run side by side. Required, or stages: instead."
+    )
 
     def to_workflow(self) -> Workflow:
         """The canonical twin. An item without ``needs`` waits for the whole previous item."""
@@ -697,25 +902,81 @@ class GroupedWorkflow(_WorkflowBase):
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of a workflow file (either form), for editors and ``orchestrate schema``."""
+    """JSON Schema (Draft 2020-12) of a workflow file, either form, for editors and ``orchestrate schema``.
+
+    It says what the loader says, in keywords that editors on older drafts (yaml-language-server
+    reads Draft 7) understand too: choices the loader makes by shape are if/then/else on that
+    shape, so a mistake is reported at its key instead of as "matches none of the forms".
+    """
     from pydantic import TypeAdapter
 
     adapter: TypeAdapter[Workflow | GroupedWorkflow] = TypeAdapter(Workflow | GroupedWorkflow)
-    schema = adapter.json_schema(mode="validation")
-    defs = schema.get("$defs", {})
+    defs: dict[str, Any] = adapter.json_schema(mode="validation")["$defs"]
+    _walk_schema(defs, _keys_by_pattern)
+    _walk_schema(defs, _choose_by_shape)
     # Values the loader fills in are optional in the file: name (from the file name), stage id (agent).
     for model in ("Workflow", "GroupedWorkflow"):
-        required = defs.get(model, {}).get("required", [])
-        if "name" in required:
-            required.remove("name")
-    stage_required = defs.get("StageSpec", {}).get("required", [])
-    if "id" in stage_required:
-        stage_required.remove("id")
+        defs[model]["required"].remove("name")
+    defs["StageSpec"]["required"].remove("id")
     defs["Workflow"]["description"] = "Canonical form: a flat list of stages joined by needs."
     defs["GroupedWorkflow"]["description"] = "Grouped form: pipeline items and parallel groups."
+    # The grouped form's items: a mapping with parallel: is a group, anything else a stage.
+    defs["GroupedWorkflow"]["properties"]["pipeline"]["items"] = _if_key(
+        "parallel", "#/$defs/PipelineGroup", "#/$defs/PipelineStage"
+    )
+    for model in ("StageSpec", "PipelineStage"):
+        # The loader also takes if: under the field's own name, but not both at once.
+        spec = defs[model]
+        spec["properties"]["condition"] = {
+            **spec["properties"]["if"],
+            "title": "Condition",
+            "description": "Another spelling of if (give one of them): run the stage only if this expression is "
+            "true. Default: always run.",
+        }
+        spec["not"] = {"required": ["if", "condition"]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "orchestrate workflow",
-        "description": "A workflow file for orchestrate: stages run by agents, joined by needs.",
-        **schema,
+        "description": "A workflow file for orchestrate: stages run by agents, joined by needs into a graph that "
+        "ends in an audit. Canonical form: stages:; grouped form: pipeline:.",
+        "type": "object",
+        # The loader reads a file with pipeline: as the grouped form, any other as the canonical one.
+        **_if_key("pipeline", "#/$defs/GroupedWorkflow", "#/$defs/Workflow"),
+        "$defs": defs,
     }
+
+
+def _if_key(key: str, then: str, otherwise: str) -> dict[str, Any]:
+    return {"if": {"type": "object", "required": [key]}, "then": {"$ref": then}, "else": {"$ref": otherwise}}
+
+
+def _walk_schema(node: Any, visit: Callable[[dict[str, Any]], None]) -> None:
+    if isinstance(node, dict):
+        visit(node)
+        for value in node.values():
+            _walk_schema(value, visit)
+    elif isinstance(node, list):
+        for value in node:
+            _walk_schema(value, visit)
+
+
+def _keys_by_pattern(node: dict[str, Any]) -> None:
+    """Pydantic writes checked mapping keys as patternProperties, which lets any other key through:
+    say instead that every key must match and every value fit."""
+    patterns = node.get("patternProperties")
+    if node.get("type") == "object" and isinstance(patterns, dict) and len(patterns) == 1:
+        [(pattern, value)] = patterns.items()
+        del node["patternProperties"]
+        node["propertyNames"] = {"pattern": pattern}
+        node["additionalProperties"] = value
+
+
+def _choose_by_shape(node: dict[str, Any]) -> None:
+    """A value-or-mapping union (permission levels) becomes a choice on the value's shape, as in the models."""
+    options = node.get("oneOf")
+    if isinstance(options, list) and len(options) == 2 and "discriminator" not in node:
+        by_value, by_mapping = options
+        is_mapping = by_mapping.get("type") == "object" or "$ref" in by_mapping
+        if is_mapping and by_value.get("type") == "string":
+            del node["oneOf"]
+            node.update({"if": {"type": "object"}, "then": by_mapping, "else": by_value})

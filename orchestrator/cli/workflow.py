@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,13 @@ def graph(workflow: Path, root: Path | None, fmt: str) -> int:
 
 
 @cli.command("compile")
-@workflow_argument
+@click.argument("workflows", nargs=-1, metavar="[WORKFLOW]...", type=click.Path(path_type=Path, dir_okay=False))
 @root_option
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output folder (default: output/).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder (default: output/); only with one workflow.",
+)
 @click.option(
     "--target",
     type=click.Choice(["opencode", "claude", "all"]),
@@ -110,8 +115,85 @@ def graph(workflow: Path, root: Path | None, fmt: str) -> int:
 )
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the output folder is not up to date.")
 @click.option("--force", is_flag=True, help="Overwrite files in the output folder that orchestrate did not write.")
-def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, check: bool, force: bool) -> int:
-    """Render every agent's instructions and write OpenCode and Claude Code agent files."""
+def compile_(
+    workflows: tuple[Path, ...], root: Path | None, out: Path | None, target: str, check: bool, force: bool
+) -> int:
+    """Render every agent's instructions and write OpenCode and Claude Code agent files.
+
+    \b
+    Give one or more WORKFLOW files; with none, every workflows/*.yaml of the project
+    in the current folder (or --root) is compiled. With --check nothing is written and
+    the exit code is 1 if any output is stale: a check for CI and pre-commit.
+    """
+    paths = list(workflows) or _project_workflows(root)
+    if out is not None and len(paths) > 1:
+        raise click.UsageError("--out takes a single workflow: each workflow's files would share the folder")
+    if len(paths) == 1:
+        outcome = _compile_one(paths[0], root, out, target, check, force, label=False)
+        codes = [EXIT_OK if outcome else EXIT_FAILED]
+        stale = [] if outcome else paths
+    else:
+        codes, stale = [], []
+        for path in paths:
+            try:
+                ok = _compile_one(path, root, out, target, check, force, label=True)
+            except OrchestrateError as exc:
+                _show_error(exc)
+                codes.append(exc.exit_code)
+                continue
+            codes.append(EXIT_OK if ok else EXIT_FAILED)
+            if not ok:
+                stale.append(path)
+    if stale:
+        command = " ".join(["orchestrate compile", *(_shown(p.absolute()) for p in stale)])
+        if root:
+            command += f" --root {_shown(root.absolute())}"
+        if out:
+            command += f" --out {_shown(out.absolute())}"
+        if target != "all":
+            command += f" --target {target}"
+        _err(f"Run: {command}")
+    errors = [code for code in codes if code not in (EXIT_OK, EXIT_FAILED)]
+    return errors[0] if errors else max(codes)
+
+
+def _project_workflows(root: Path | None) -> list[Path]:
+    """Every workflow file of the project in ``root`` (default: the working directory), sorted."""
+    with _paused_gc():
+        from ..errors import ProjectError
+        from ..project import WORKFLOWS_DIR
+
+    folder = _project(Path("."), root or Path(".")).root / WORKFLOWS_DIR
+    # Hidden names are editors' lock and swap files, not workflows.
+    found = sorted(
+        p for p in folder.glob("*") if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
+    if not found:
+        raise ProjectError(
+            f"no workflow files (*.yaml, *.yml) in {_shown(folder)}/",
+            hint="name the workflow files to compile, or run it in the project folder (or pass --root)",
+        )
+    return found
+
+
+def _show_error(exc: OrchestrateError) -> None:
+    """An error of one workflow among several, shown as ``main`` shows errors, so the rest still run."""
+    from . import base
+
+    if base._debug:
+        traceback.print_exception(exc)
+    _relocate(exc)
+    for line in exc.lines():
+        _err(line)
+
+
+def _compile_one(
+    workflow: Path, root: Path | None, out: Path | None, target: str, check: bool, force: bool, *, label: bool
+) -> bool:
+    """Compile (or with ``check``, compare) one workflow; False when its output is stale.
+
+    ``label`` names the workflow in notes and warnings, for runs over several workflows.
+    """
     with _paused_gc():
         from ..compiler import check_output, write_output
 
@@ -119,18 +201,18 @@ def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, c
     out_dir = out.absolute() if out else compiled.project.output_dir
     shown_out = _shown(out_dir)
     shown_wf = _shown(workflow.absolute())
-    _print_notes(compiled.plan.notices, compiled.warnings)
+    prefix = f"{shown_wf}: " if label else ""
+    _print_notes([prefix + n for n in compiled.plan.notices], [prefix + w for w in compiled.warnings])
     if check:
         report = check_output(compiled, out_dir)
         if report.ok:
             click.echo(f"{shown_out}/ is up to date with {shown_wf} ({len(report.up_to_date)} files)")
-            return EXIT_OK
+            return True
         click.echo(f"{shown_out}/ is not up to date with {shown_wf}:")
-        for label, paths in (("stale", report.stale), ("missing", report.missing), ("extra", report.extra)):
+        for label_, paths in (("stale", report.stale), ("missing", report.missing), ("extra", report.extra)):
             for rel in paths:
-                click.echo(f"  {label:<8}{shown_out}/{rel}")
-        _err(f"Run: orchestrate compile {shown_wf}" + (f" --out {shown_out}" if out else ""))
-        return EXIT_FAILED
+                click.echo(f"  {label_:<8}{shown_out}/{rel}")
+        return False
     result = write_output(compiled, out_dir, force=force)
     for rel in result.written:
         click.echo(f"  wrote    {shown_out}/{rel}")
@@ -140,14 +222,39 @@ def compile_(workflow: Path, root: Path | None, out: Path | None, target: str, c
         f"Compiled {shown_wf} → {shown_out}/: {len(result.written)} written, "
         f"{len(result.unchanged)} unchanged, {len(result.removed)} removed"
     )
-    return EXIT_OK
+    return True
 
 
 @cli.command()
-def schema() -> int:
-    """Print the JSON Schema of workflow files (for editors)."""
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the schema to this file (atomically) instead of printing it.",
+)
+def schema(output: Path | None) -> int:
+    """Print the JSON Schema of workflow files (for editors).
+
+    \b
+    Save it beside your workflows and point yaml-language-server at it with a first line
+    such as: # yaml-language-server: $schema=workflow.schema.json
+    """
     with _paused_gc():
         from ..workflow import json_schema
 
-    click.echo(json.dumps(json_schema(), indent=2))
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return EXIT_OK
+    with _paused_gc():
+        from ..errors import ProjectError
+        from ..fileio import atomic_write
+
+    try:
+        atomic_write(output.absolute(), text.encode("utf-8"))
+    except OSError as exc:
+        raise ProjectError(
+            f"can't write {_shown(output.absolute())}: {exc.strerror or exc}", hint="check that its folder is writable"
+        ) from exc
+    click.echo(f"Wrote the workflow schema to {_shown(output.absolute())}")
     return EXIT_OK
