@@ -527,6 +527,17 @@ def test_a_failing_command_fails_its_stage_with_the_exit_code_and_output_and_ski
     assert api.messages() == []
 
 
+def test_a_failing_command_of_several_lines_is_reported_by_its_exit_code(
+    api: FakeAnthropic, project: TempProject, cli: CliRunner
+) -> None:
+    command = "echo first line\necho second line >&2\nexit 4"
+    project.workflow(SHELL.format(command=json.dumps(command), more=""), name="shell")
+    assert run(cli, project, "shell").code == 1
+    error = state(project)["stages"]["test"]["error"]
+    assert error.startswith(f"`{command}` failed: exit code 4 after ")
+    assert "first line" in error and "second line" in error
+
+
 def test_a_command_stage_output_holds_the_command_exit_code_and_stdout_and_reaches_the_audit(
     api: FakeAnthropic, project: TempProject, cli: CliRunner, python_on_path: None
 ) -> None:

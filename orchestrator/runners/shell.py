@@ -33,22 +33,28 @@ def _tail(text: str) -> str:
     return ("[… earlier lines cut …]\n" if cut else "") + kept
 
 
-def describe_run(command: str, cwd: str, result: ProcessResult) -> str:
-    """The stage's output: the command, how it ended, and the tails of what it printed."""
+def _ended(result: ProcessResult) -> str:
     if result.timed_out:
         ended = "timed out"
     elif result.exit_code is None:
         ended = "could not start"
     else:
         ended = f"exit code {result.exit_code}"
-    where = "" if cwd in ("", ".") else f" (in {cwd}/)"
-    parts = [f"$ {command}{where}\n{ended} after {result.duration:.1f} s"]
+    return f"{ended} after {result.duration:.1f} s"
+
+
+def _tails(result: ProcessResult) -> str:
+    parts = []
     for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
         if text.strip():
             parts.append(f"{name} (last lines):\n```\n{_tail(text)}\n```")
-    if not result.stdout.strip() and not result.stderr.strip():
-        parts.append("(no output)")
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(parts) if parts else "(no output)"
+
+
+def describe_run(command: str, cwd: str, result: ProcessResult) -> str:
+    """The stage's output: the command, how it ended, and the tails of what it printed."""
+    where = "" if cwd in ("", ".") else f" (in {cwd}/)"
+    return f"$ {command}{where}\n{_ended(result)}\n\n{_tails(result)}\n"
 
 
 class ShellRunner:
@@ -83,8 +89,9 @@ class ShellRunner:
             raise
         output = describe_run(command.command, command.cwd, result)
         failed = result.exit_code != 0
-        error = output.split("\n", 2)[1] if failed else None
+        # Taken from the result, not from the output's lines: a command may span several lines.
+        error = _ended(result) if failed else None
         report(AttemptRecord(1, started, round(time.monotonic() - clock, 3), error=error))
         if failed:
-            raise StageFailure(f"`{command.command}` failed: {error}\n\n{output.split(chr(10), 2)[2].strip()}")
+            raise StageFailure(f"`{command.command}` failed: {error}\n\n{_tails(result)}")
         return StageResult(output=output, stop_reason="exit 0")
