@@ -40,23 +40,41 @@ def _usage_text(event: StageSucceeded) -> str:
     return f"{usage.input_tokens:,} in / {usage.output_tokens:,} out, {format_cost(event.cost_usd)}"
 
 
+class _Lines:
+    """Writes whole lines to a stream; once the reader has gone (``run | head``), it stays quiet, so a closed
+    pipe never stops the run: the state folder records it all the same."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def write(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+            self.closed = True
+
+
 class JsonView:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self._out = _Lines(stream)
 
     def on_event(self, event: Event) -> None:
-        self.stream.write(json.dumps(to_json(event), default=str) + "\n")
-        self.stream.flush()
+        self._out.write(json.dumps(to_json(event), default=str))
 
 
 class PlainView:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self._out = _Lines(stream)
 
     def _line(self, event: Event, text: str) -> None:
         clock = datetime.fromtimestamp(event.time).strftime("%H:%M:%S")
-        self.stream.write(f"{clock}  {text}\n")
-        self.stream.flush()
+        self._out.write(f"{clock}  {text}")
 
     def on_event(self, event: Event) -> None:
         text = describe(event)

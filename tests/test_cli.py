@@ -178,3 +178,23 @@ def test_closed_stdout_is_not_a_traceback(args: list[str]) -> None:
         timeout=60,
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(project: TempProject) -> None:
+    """`orchestrate run ... | head -1`: the run goes on to the end, with its exit code and no traceback."""
+    project.workflow(FEATURE)
+    command = [sys.executable, "-m", "orchestrator", "run", "workflows/feature.yaml", "--task", "t"]
+    proc = subprocess.Popen(
+        [*command, "--param", "goal=x", "--offline", "--latency", "0.2"],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert "run " in proc.stdout.readline()
+    proc.stdout.close()  # the reader has gone, like `head -1`
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in proc.stderr.read()
+    saved = json.loads((project.root / "docs/ai/t/state.json").read_text())
+    assert saved["status"] == "succeeded"

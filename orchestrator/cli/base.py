@@ -135,6 +135,16 @@ def _print_notes(notices: Sequence[str], warnings: Sequence[str]) -> None:
         _err(f"warning: {warning}")
 
 
+def reader_gone() -> None:
+    """Stdout's reader has gone (``| head``): send what is left to /dev/null, so the flush at exit
+    neither fails nor prints a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: run the CLI and turn every outcome into one exit code."""
     global _debug, _root_shown
@@ -161,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         # `orchestrate schema | head`: stdout closed early is not an error worth a traceback.
-        sys.stderr.close()
+        reader_gone()
         sys.exit(EXIT_OK)
     except Exception as exc:
         if _debug:

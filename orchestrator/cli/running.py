@@ -21,6 +21,7 @@ from .base import (
     _project,
     _shown,
     cli,
+    reader_gone,
     root_option,
     workflow_argument,
 )
@@ -146,9 +147,12 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
     if not as_json:
         from ..state import recover_state
 
-        click.echo("")
-        for line in summary_lines(recover_state(prepared.folder), _shown(prepared.folder)):
-            click.echo(line)
+        try:
+            click.echo("")
+            for line in summary_lines(recover_state(prepared.folder), _shown(prepared.folder)):
+                click.echo(line)
+        except BrokenPipeError:  # `run | head`: the run's exit code still tells how it ended
+            reader_gone()
     return RUN_EXIT[outcome.status]
 
 
