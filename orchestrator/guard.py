@@ -72,6 +72,9 @@ class WorkspaceGuard:
             self._spec[stage] = spec_id
             if instance is not None:
                 self._items[stage] = instance.item
+            if instance is None and self.plan.stages[spec_id].foreach is not None:
+                # The stage itself only fans out: each instance has its scope, with its own item.
+                return ()
             self._scopes[stage] = self._render(stage, "writes", self.plan.writes_for(spec_id))
         return self._scopes[stage]
 

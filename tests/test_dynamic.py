@@ -263,3 +263,11 @@ def test_offline_runs_fan_out_over_a_sample_of_the_schema(cli: CliRunner, projec
     result = run(cli, project, "--offline")
     assert result.code == 0, result.out + result.err
     assert "build: 2 items" in result.out
+
+
+def test_a_write_scope_may_name_a_field_of_each_instance_item(cli: CliRunner, project: TempProject) -> None:
+    scoped = FANOUT.replace("    foreach_key: id\n", "    foreach_key: id\n    writes: ['src/{{ item.id }}/**']\n")
+    project.workflow(scoped, name="fan")
+    result = run(cli, project, "--offline")
+    assert result.code == 0, result.out + result.err
+    assert "build: 2 items" in result.out
