@@ -21,6 +21,7 @@ HOMES = {
     "rich": {"console.py"},
     "jsonschema": {"contracts.py"},
     "referencing": {"contracts.py"},
+    "watchfiles": {"watcher.py"},
 }
 
 
