@@ -249,7 +249,8 @@ def load_previous(prepared: PreparedRun) -> RunState | None:
     except StateError as exc:
         if prepared.force:
             return None
-        exc.hint = (exc.hint + "; " if exc.hint else "") + "or start the task afresh with --force"
+        if "--force" not in (exc.hint or ""):
+            exc.hint = (exc.hint + "; " if exc.hint else "") + "or start the task afresh with --force"
         raise
 
 

@@ -95,6 +95,13 @@ root_option = click.option(
 )
 
 
+task_root_option = click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Project folder holding docs/ai/<task>/ (default: the current folder).",
+)
+
+
 def _project(workflow: Path, root: Path | None) -> Any:
     with _paused_gc():
         from ..project import find_project

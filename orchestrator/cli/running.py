@@ -23,6 +23,7 @@ from .base import (
     cli,
     reader_gone,
     root_option,
+    task_root_option,
     workflow_argument,
 )
 
@@ -244,7 +245,7 @@ def _k(tokens: int) -> str:
 @cli.command()
 @click.argument("task")
 @click.argument("stage")
-@root_option
+@task_root_option
 def explain(task: str, stage: str, root: Path | None) -> int:
     """Say why a stage ran, was kept, skipped, failed, is blocked or waits, from the task's state and log."""
     with _paused_gc():
@@ -318,7 +319,7 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
 @click.argument("task")
 @click.argument("stage")
 @click.option("--note", default="", help="A note for the stages downstream (they see it in their prompts).")
-@root_option
+@task_root_option
 def approve(task: str, stage: str, note: str, root: Path | None) -> int:
     """Approve a stage that waits for approval; the run continues past it."""
     return _decide(task, stage, note, root, approved=True)
@@ -328,7 +329,7 @@ def approve(task: str, stage: str, note: str, root: Path | None) -> int:
 @click.argument("task")
 @click.argument("stage")
 @click.option("--note", default="", help="Why: shown in the state, and to the stage when it runs again.")
-@root_option
+@task_root_option
 def reject(task: str, stage: str, note: str, root: Path | None) -> int:
     """Reject a stage that waits for approval: that branch fails (the rest of the run goes on)."""
     return _decide(task, stage, note, root, approved=False)
@@ -336,7 +337,7 @@ def reject(task: str, stage: str, note: str, root: Path | None) -> int:
 
 @cli.command()
 @click.argument("task")
-@root_option
+@task_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print state.json instead of the summary.")
 def status(task: str, root: Path | None, as_json: bool) -> int:
     """Show where a task's run stands, from its saved state."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .base import EXIT_OK, _err, _paused_gc, _project, _shown, cli, root_option, workflow_argument
+from .base import EXIT_OK, _err, _paused_gc, _project, _shown, cli, root_option, task_root_option, workflow_argument
 
 _OUTPUT_HELP = "The stage's output: a file, or - for stdin (default: the stage's file in the state folder)."
 
@@ -126,7 +126,7 @@ def begin(
 @state.command("next")
 @click.argument("task")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@root_option
+@task_root_option
 def next_(task: str, as_json: bool, root: Path | None) -> int:
     """Print the stages whose needs are met, and what runs or waits."""
     with _paused_gc():
@@ -140,7 +140,7 @@ def next_(task: str, as_json: bool, root: Path | None) -> int:
 @click.argument("task")
 @click.argument("stage")
 @click.option("--json", "as_json", is_flag=True, help="Print the subagent, prompt and output file as JSON.")
-@root_option
+@task_root_option
 def start(task: str, stage: str, as_json: bool, root: Path | None) -> int:
     """Mark STAGE running and print the message for its subagent (for a command stage, the command)."""
     with _paused_gc():
@@ -177,7 +177,7 @@ def start(task: str, stage: str, as_json: bool, root: Path | None) -> int:
 @click.argument("task")
 @click.argument("stage")
 @click.option("--output", "output_file", metavar="FILE", help=_OUTPUT_HELP)
-@root_option
+@task_root_option
 def done(task: str, stage: str, output_file: str | None, root: Path | None) -> int:
     """Record STAGE as succeeded with its output; the audit's output must hold its verdict."""
     with _paused_gc():
@@ -204,7 +204,7 @@ def done(task: str, stage: str, output_file: str | None, root: Path | None) -> i
 @click.argument("task")
 @click.argument("stage")
 @click.option("--reason", required=True, help="Why it failed: shown in the state and to whoever reads it.")
-@root_option
+@task_root_option
 def fail(task: str, stage: str, reason: str, root: Path | None) -> int:
     """Record STAGE as failed; the stages that need it are skipped (start it again to retry)."""
     with _paused_gc():
@@ -220,7 +220,7 @@ def fail(task: str, stage: str, reason: str, root: Path | None) -> int:
 @click.argument("task")
 @click.argument("stage")
 @click.argument("text")
-@root_option
+@task_root_option
 def note(task: str, stage: str, text: str, root: Path | None) -> int:
     """Leave a note on STAGE in workflow-state.md."""
     with _paused_gc():
