@@ -46,7 +46,9 @@ def done(cli: CliRunner, project: TempProject, stage: str, text: str, task: str 
 @pytest.fixture
 def feature(project: TempProject, cli: CliRunner) -> TempProject:
     project.workflow(FEATURE)
-    result = cli("state", "begin", "workflows/feature.yaml", "--task", "t", "--param", "goal=Add login", cwd=project.root)
+    result = cli(
+        "state", "begin", "workflows/feature.yaml", "--task", "t", "--param", "goal=Add login", cwd=project.root
+    )
     assert result.code == 0, result.err
     assert "ready    plan  → feature-plan" in result.out
     return project
@@ -148,9 +150,7 @@ def test_the_dag_decides_what_may_start_and_finish(feature: TempProject, cli: Cl
     assert missing.code == 2 and "orchestrate state begin <workflow> --task nope" in missing.err
 
 
-def test_a_failure_skips_what_needs_it_and_starting_it_again_reopens_them(
-    feature: TempProject, cli: CliRunner
-) -> None:
+def test_a_failure_skips_what_needs_it_and_starting_it_again_reopens_them(feature: TempProject, cli: CliRunner) -> None:
     root = feature.root
     assert cli("state", "start", "t", "plan", cwd=root).code == 0
     assert done(cli, feature, "plan", "p").code == 0
@@ -169,9 +169,7 @@ def test_a_failure_skips_what_needs_it_and_starting_it_again_reopens_them(
     assert state_of(feature)["status"] == "running"
     assert statuses(feature)["integrate"] == "pending"
     assert done(cli, feature, "backend", "b").code == 0
-    assert [r["stage"] for r in json.loads(cli("state", "next", "t", "--json", cwd=root).out)["ready"]] == [
-        "integrate"
-    ]
+    assert [r["stage"] for r in json.loads(cli("state", "next", "t", "--json", cwd=root).out)["ready"]] == ["integrate"]
 
 
 def test_a_failed_audit_and_a_stage_done_again_with_its_findings(feature: TempProject, cli: CliRunner) -> None:
