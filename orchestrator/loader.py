@@ -158,7 +158,7 @@ def parse_workflow(text: str, *, source: str, default_name: str | None = None) -
             hint="'pipeline:' is the grouped form of the same thing; keep one",
         )
     if "stages" not in data and "pipeline" not in data:
-        close = _did_you_mean_hint(data.keys(), ["stages", "pipeline"])
+        close = _did_you_mean_hint(data.keys(), ["stages", "pipeline"], Workflow.model_fields)
         raise WorkflowError(
             "workflow has no 'stages:'",
             location=smap.locate(()),
@@ -499,9 +499,15 @@ def _step(tp: Any, part: Any) -> Any:
     return None
 
 
-def _did_you_mean_hint(keys: Iterable[Any], choices: list[str]) -> str | None:
+def _did_you_mean_hint(keys: Iterable[Any], choices: list[str], known: Iterable[str] = ()) -> str | None:
+    """The key most like one of ``choices`` (keys in ``known`` are meant as they are, so they don't count)."""
+    best: tuple[float, str, str] | None = None
+    taken = set(known)
     for key in keys:
-        close = difflib.get_close_matches(str(key), choices, n=1, cutoff=0.6)
-        if close:
-            return f"found {key!r}; did you mean {close[0]!r}?"
-    return None
+        if str(key) in taken:
+            continue
+        for choice in difflib.get_close_matches(str(key), choices, n=1, cutoff=0.6):
+            score = difflib.SequenceMatcher(None, str(key), choice).ratio()
+            if best is None or score > best[0]:
+                best = (score, str(key), choice)
+    return f"found {best[1]!r}; did you mean {best[2]!r}?" if best else None

@@ -348,3 +348,11 @@ def test_yaml_test_suite_error_cases_exit_2_with_a_located_message(case: Path, c
     first = result.err.splitlines()[0]
     assert first.startswith(f"Error: {case.name}:"), first
     assert "Traceback" not in result.err
+
+
+def test_a_misspelt_stages_key_is_named_even_next_to_other_keys() -> None:
+    text = "name: feature\nagents:\n  plan: {}\nstagess:\n  - {id: plan, agent: plan}\n"
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(text, source="workflows/feature.yaml")
+    assert caught.value.message == "workflow has no 'stages:'"
+    assert caught.value.hint == "found 'stagess'; did you mean 'stages'?"
