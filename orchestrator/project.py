@@ -36,6 +36,16 @@ class Project:
     def state_root(self) -> Path:
         return self.root / STATE_DIR
 
+    def workflow_files(self) -> list[Path]:
+        """The workflow files of ``workflows/`` (``*.yaml``, ``*.yml``), sorted; hidden names are editors'
+        lock and swap files, not workflows."""
+        folder = self.root / WORKFLOWS_DIR
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+        )
+
     def display(self, path: Path) -> str:
         """``path`` as users see it in messages and markers: relative to the root when inside it."""
         try:

@@ -137,12 +137,7 @@ def is_scratch_file(name: str) -> bool:
 
 def find_workflows(project: Project) -> list[Path]:
     """The workflow files of a project's ``workflows/`` folder, sorted."""
-    folder = project.root / WORKFLOWS_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file() and not is_scratch_file(p.name)
-    )
+    return [p for p in project.workflow_files() if not is_scratch_file(p.name)]
 
 
 def watch_workflows(

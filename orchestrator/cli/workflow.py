@@ -163,11 +163,9 @@ def _project_workflows(root: Path | None) -> list[Path]:
         from ..errors import ProjectError
         from ..project import WORKFLOWS_DIR
 
-    folder = _project(Path("."), root or Path(".")).root / WORKFLOWS_DIR
-    # Hidden names are editors' lock and swap files, not workflows.
-    found = sorted(
-        p for p in folder.glob("*") if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
-    )
+    project = _project(Path("."), root or Path("."))
+    folder = project.root / WORKFLOWS_DIR
+    found: list[Path] = project.workflow_files()
     if not found:
         raise ProjectError(
             f"no workflow files (*.yaml, *.yml) in {_shown(folder)}/",
