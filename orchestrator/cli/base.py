@@ -113,6 +113,14 @@ def _project(workflow: Path, root: Path | None) -> Any:
     return project
 
 
+def _task_project(root: Path | None) -> Any:
+    """The project of the task commands: ``--root``, else the working directory."""
+    with _paused_gc():
+        from ..project import Project
+
+    return Project((root or Path.cwd()).absolute())
+
+
 def _compile(workflow: Path, root: Path | None, target: str = "all") -> Any:
     with _paused_gc():
         from ..agent_config import TARGETS

@@ -20,6 +20,7 @@ from .base import (
     _paused_gc,
     _project,
     _shown,
+    _task_project,
     cli,
     reader_gone,
     root_option,
@@ -251,10 +252,9 @@ def explain(task: str, stage: str, root: Path | None) -> int:
     with _paused_gc():
         from ..explain import explain_stage
         from ..params import check_stage, check_task
-        from ..project import Project
         from ..state import read_events, recover_state
 
-    project = Project((root or Path.cwd()).absolute())
+    project = _task_project(root)
     folder = project.state_root / check_task(task)
     shown = _shown(folder)
     state = recover_state(folder, display=shown)
@@ -294,10 +294,9 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
 
         from ..approvals import record_decision
         from ..params import check_task
-        from ..project import Project
         from ..state import recover_state
 
-    project = Project((root or Path.cwd()).absolute())
+    project = _task_project(root)
     folder = project.state_root / check_task(task)
     shown = _shown(folder)
     state = recover_state(folder, display=shown)
@@ -343,11 +342,10 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
     """Show where a task's run stands, from its saved state."""
     with _paused_gc():
         from ..params import check_task
-        from ..project import Project
         from ..report import summary_lines
         from ..state import recover_state
 
-    project = Project((root or Path.cwd()).absolute())
+    project = _task_project(root)
     folder = project.state_root / check_task(task)
     state = recover_state(folder, display=_shown(folder))
     if as_json:

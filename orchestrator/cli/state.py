@@ -10,7 +10,18 @@ from typing import Any
 
 import click
 
-from .base import EXIT_OK, _err, _paused_gc, _project, _shown, cli, root_option, task_root_option, workflow_argument
+from .base import (
+    EXIT_OK,
+    _err,
+    _paused_gc,
+    _project,
+    _shown,
+    _task_project,
+    cli,
+    root_option,
+    task_root_option,
+    workflow_argument,
+)
 
 _OUTPUT_HELP = "The stage's output: a file, or - for stdin (default: the stage's file in the state folder)."
 
@@ -31,13 +42,6 @@ def state() -> None:
     `orchestrate run`, one command at a time under the task's lock, and refuse
     (exit 2) what the workflow's DAG forbids.
     """
-
-
-def _project_of(root: Path | None) -> Any:
-    with _paused_gc():
-        from ..project import Project
-
-    return Project((root or Path.cwd()).absolute())
 
 
 def _by() -> str:
@@ -132,7 +136,7 @@ def next_(task: str, as_json: bool, root: Path | None) -> int:
     with _paused_gc():
         from ..manual import next_step
 
-    _show(next_step(_project_of(root), task), as_json)
+    _show(next_step(_task_project(root), task), as_json)
     return EXIT_OK
 
 
@@ -146,7 +150,7 @@ def start(task: str, stage: str, as_json: bool, root: Path | None) -> int:
     with _paused_gc():
         from ..manual import start_stage
 
-    started = start_stage(_project_of(root), task, stage)
+    started = start_stage(_task_project(root), task, stage)
     if as_json:
         click.echo(
             json.dumps(
@@ -192,7 +196,7 @@ def done(task: str, stage: str, output_file: str | None, root: Path | None) -> i
             output = Path(output_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"can't read --output {output_file}: {getattr(exc, 'strerror', None) or exc}") from None
-    step = finish_stage(_project_of(root), task, stage, output)
+    step = finish_stage(_task_project(root), task, stage, output)
     stage_state = step.state.stages[stage]
     what = "waits for approval" if stage_state.status == "waiting_approval" else "succeeded"
     _err(f"{stage}: {what}; output in {_shown(step.folder)}/stages/{stage}.md")
@@ -210,7 +214,7 @@ def fail(task: str, stage: str, reason: str, root: Path | None) -> int:
     with _paused_gc():
         from ..manual import fail_stage
 
-    step = fail_stage(_project_of(root), task, stage, reason)
+    step = fail_stage(_task_project(root), task, stage, reason)
     _err(f"{stage}: failed ({' '.join(reason.split())})")
     _show(step, False)
     return EXIT_OK
@@ -226,6 +230,6 @@ def note(task: str, stage: str, text: str, root: Path | None) -> int:
     with _paused_gc():
         from ..manual import note_stage
 
-    step = note_stage(_project_of(root), task, stage, text, by=_by())
+    step = note_stage(_task_project(root), task, stage, text, by=_by())
     click.echo(f"{stage}: noted in {_shown(step.folder)}/workflow-state.md")
     return EXIT_OK
