@@ -72,20 +72,25 @@ class Step:
 class Driver:
     """One command's view of the task, under its lock: the prepared run, the state, and a store to record in."""
 
-    def __init__(self, prepared: PreparedRun, state: RunState, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, prepared: PreparedRun, state: RunState, clock: Callable[[], float], *, snapshot: bool = False
+    ) -> None:
         self.prepared = prepared
         self.plan = prepared.compiled.plan
         self.state = state
         self.clock = clock
-        self.store = StateStore(prepared.folder, state, render_markdown, threaded=False)
+        # The state as read needs no rewrite; what changes is written when the command is done.
+        self.store = StateStore(prepared.folder, state, render_markdown, threaded=False, snapshot=snapshot)
         self.build = request_builder(prepared, rejected_notes(state))
         self.decide = decide_condition(prepared)
         self.items = foreach_items(prepared)
         self.approvals = Approvals(prepared.folder, state)
         self.agents = {a.agent: a.name for a in prepared.compiled.rendered if not a.coordinator}
+        self._progress: Progress | None = None
 
     def emit(self, event: Event) -> None:
         self.store.on_event(event)
+        self._progress = None  # the state moved on: read the outputs again when next asked
 
     # -- reading the state ---------------------------------------------------------------------------
 
@@ -112,7 +117,13 @@ class Driver:
         return all(self.released(need) for need in self.state.stages[sid].needs)
 
     def progress(self) -> Progress:
-        """What the request builder reads, from the state folder: outputs, decisions, findings, instances."""
+        """What the request builder reads, from the state folder: outputs, decisions, findings, instances
+        (read once per state, not once per question)."""
+        if self._progress is None:
+            self._progress = self._read_progress()
+        return self._progress
+
+    def _read_progress(self) -> Progress:
         outcomes: dict[str, StageOutcome] = {}
         for sid, stage in self.state.stages.items():
             output, data = "", None

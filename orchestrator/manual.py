@@ -86,7 +86,7 @@ def begin_run(
                 state.stages[sid] = StageState(id=sid, agent=old.agent, model=old.model, needs=old.needs, gate=old.gate)
         state.driver = "state"
         state.command = f"orchestrate state next {prepared.task}"
-        drive = Driver(prepared, state, clock)
+        drive = Driver(prepared, state, clock, snapshot=True)
         try:
             if not session.resume:
                 drive.emit(

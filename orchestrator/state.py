@@ -467,6 +467,7 @@ class StateStore:
         *,
         flush_interval: float = 0.25,
         threaded: bool = True,
+        snapshot: bool = True,
     ) -> None:
         self.folder = folder
         self.state = state
@@ -484,7 +485,10 @@ class StateStore:
             self._offset = os.lseek(self._events_fd, 0, os.SEEK_END)
         except OSError as exc:
             raise StateError(f"can't write the state folder {folder}: {exc.strerror or exc}") from exc
-        self.flush()
+        self._dirty = False
+        self._last_flush = time.monotonic()
+        if snapshot:  # a run's first snapshot comes before anything it logs (see recover_state)
+            self.flush()
         self._thread = threading.Thread(target=self._work, name="orchestrate-state-writer", daemon=True)
         if threaded:
             self._thread.start()
@@ -503,7 +507,7 @@ class StateStore:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        elif not self._threaded and self._events_fd is not None:
+        elif not self._threaded and self._events_fd is not None and self._dirty:
             self.flush()
         if self._events_fd is not None:
             os.close(self._events_fd)
@@ -550,6 +554,7 @@ class StateStore:
             self._error = exc
 
     def _handle(self, event: Event) -> None:
+        self._dirty = True
         if isinstance(event, StageFailed):
             # The stage ran again and failed: its earlier output no longer belongs to it, on disk as in
             # the state. (On success the new output replaces it; a killed run leaves it unrecorded.)
