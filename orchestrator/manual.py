@@ -194,7 +194,7 @@ def finish_stage(
             data = _structured(sid, output, schema)
         if sid == drive.plan.audit_stage:
             try:
-                verdict = parse_verdict(None, output) if not output.lstrip().startswith("{") else _verdict(output)
+                verdict = _verdict(output)
             except VerdictError as exc:
                 raise UsageError(
                     f"can't finish stage {sid!r}: {exc}",
@@ -345,8 +345,9 @@ def _structured(sid: str, output: str, schema: dict[str, Any]) -> dict[str, Any]
 
 
 def _verdict(output: str) -> Verdict:
+    """The audit's verdict: the whole output as JSON, or its last json block."""
     try:
         data = parse_structured(output)
-    except ValueError as exc:
-        raise VerdictError(str(exc)) from None
+    except ValueError:
+        data = None  # parse_verdict then says what is missing
     return parse_verdict(data if isinstance(data, dict) else None, output)
