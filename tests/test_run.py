@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cost import estimate, price_for
+from orchestrator.cost import Pricing, estimate, has_price, worst_case
 from orchestrator.errors import StateError, UsageError
 from orchestrator.loader import parse_workflow
 from orchestrator.params import check_task, parse_param_args, resolve_params
-from orchestrator.runners import Usage
+from orchestrator.runners import AttemptRecord, Usage
 from orchestrator.state import load_state
 from orchestrator.workflow import Price
 
@@ -219,14 +219,34 @@ def test_task_names_must_be_safe_folder_names() -> None:
 # -- cost ------------------------------------------------------------------------------------------
 
 
-def test_prices_by_family_with_overrides_and_unknown_models() -> None:
+def test_prices_come_from_genai_prices_and_the_workflow_overrides_them() -> None:
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
     usage = Usage(input_tokens=1_000_000, output_tokens=100_000, cache_read_tokens=1_000_000, cache_write_tokens=0)
-    assert estimate(usage, "claude-sonnet-5-5") == pytest.approx(3.0 + 1.5 + 0.3)
-    assert estimate(Usage(cache_write_tokens=1_000_000), "claude-opus-5-5") == pytest.approx(6.25)
+    # Sonnet 5.5: $2 in, $10 out, $0.10 a cache read (genai-prices, late 2026): not last year's $3/$15.
+    assert estimate(usage, "claude-sonnet-5-5") == pytest.approx(2.0 + 1.0 + 0.1)
+    listed = calc_price(
+        PriceUsage(input_tokens=2_000_000, cache_read_tokens=1_000_000, output_tokens=100_000),
+        model_ref="claude-sonnet-5-5",
+        provider_id="anthropic",
+    )
+    assert estimate(usage, "claude-sonnet-5-5") == pytest.approx(float(listed.total_price))
+    assert estimate(Usage(cache_write_tokens=1_000_000), "claude-opus-5-5") == pytest.approx(5.0)
+    # Haiku 5.5 bills a whole request at its long-prompt rate once the prompt passes 100k tokens.
+    assert estimate(Usage(input_tokens=50_000), "claude-haiku-5-5") == pytest.approx(0.005)
+    assert estimate(Usage(input_tokens=150_000), "claude-haiku-5-5") == pytest.approx(0.075)
+    assert estimate(Usage(input_tokens=1_000_000), "claude-opus-5-5", batch=True) == pytest.approx(2.0)
     assert estimate(usage, "some-other-model") is None
+    assert not has_price("some-other-model") and has_price("claude-opus-5-5")
     overrides = {"claude-sonnet-5-5": Price(input=1, output=2), "haiku": Price(input=0.5, output=1, cache_read=0)}
-    assert price_for("claude-sonnet-5-5", overrides) == overrides["claude-sonnet-5-5"]
+    assert estimate(usage, "claude-sonnet-5-5", overrides) == pytest.approx(1 + 0.2 + 0.1)
     assert estimate(usage, "claude-haiku-9", overrides) == pytest.approx(0.5 + 0.1)
+    assert has_price("claude-haiku-9", overrides)
+    # The worst case of a request: its input all written to the cache (dearer than plain input), every output token.
+    assert worst_case("claude-sonnet-5-5", 1_000_000, 1_000_000) == pytest.approx(2.5 + 10.0)
+    record = AttemptRecord(1, 1_795_000_000.0, 0.0, Usage(input_tokens=1_000_000), batch=True)  # 2026-11-18
+    assert Pricing().cost(record, "claude-sonnet-5-5") == pytest.approx(1.0)
 
 
 def test_the_workflow_can_set_prices(feature: TempProject, cli: CliRunner) -> None:
