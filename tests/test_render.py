@@ -191,13 +191,19 @@ def test_instructions_see_the_workflow_the_agent_and_the_state_paths(project: Te
     )
 
 
-def test_context_files_are_appended_and_missing_ones_warned(project: TempProject) -> None:
-    project.workflow("name: feature\ncontext: [AGENTS.md, MISSING.md]\nstages: [{agent: plan}]\n")
+def test_context_files_go_into_the_brief_every_agent_shares_and_missing_ones_warned(project: TempProject) -> None:
+    project.workflow("name: feature\ncontext: [AGENTS.md, MISSING.md]\nstages: [{agent: plan}, {agent: build}]\n")
     project.template("plan.md", "Plan.\n")
+    project.template("build.md", "Build.\n")
     project.write("AGENTS.md", "Use tabs.\n")
     compiled = compile_workflow(project.root / "workflows/feature.yaml", Project(project.root))
-    plan_text = next(a.text for a in compiled.rendered if a.agent == "plan")
-    assert plan_text == "Plan.\n\n## Project context\n\n### AGENTS.md\n\nUse tabs.\n"
+    plan = next(a for a in compiled.rendered if a.agent == "plan")
+    build = next(a for a in compiled.rendered if a.agent == "build")
+    assert plan.text == "Plan.\n"
+    assert plan.brief.startswith("## The workflow\n")
+    assert plan.brief.endswith("\n## Project context\n\n### AGENTS.md\n\nUse tabs.\n")
+    assert plan.brief == build.brief  # one text for every agent: one cached prompt prefix serves them all
+    assert plan.instructions == plan.brief + "\n" + plan.text
     assert "context file MISSING.md not found; agents get no MISSING.md" in compiled.warnings
 
 

@@ -28,6 +28,19 @@ from .sandbox import BUILTIN_PREFIX, Loaded, make_environment
 __all__ = ["MAX_CONTEXT_BYTES", "RenderedAgent", "Renderer"]
 
 MAX_CONTEXT_BYTES = 256 * 1024
+# The workflow section of every agent's brief (a project may override it in content/instructions/).
+WORKFLOW_SECTION = "_workflow.md"
+
+
+def _is_workflow_section(display: str) -> bool:
+    return display == WORKFLOW_SECTION or display.endswith("/" + WORKFLOW_SECTION)
+
+
+def _context_section(files: list[dict[str, str]]) -> str:
+    text = "## Project context\n"
+    for item in files:
+        text += f"\n### {item['path']}\n\n{item['text'].rstrip()}\n"
+    return text
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,14 @@ class RenderedAgent:
     text: str
     coordinator: bool
     sources: tuple[tuple[str, bytes], ...]
+    # What every agent of the workflow is told alike (the workflow and the project context): sent first,
+    # before ``text``, so one cached prefix serves every agent. Empty for the coordinator.
+    brief: str = ""
+
+    @property
+    def instructions(self) -> str:
+        """The whole system prompt: the brief, then the agent's own instructions."""
+        return f"{self.brief}\n{self.text}" if self.brief else self.text
 
     def sources_digest(self) -> str:
         """A hash of every file the text came from; CRLF and LF checkouts hash the same."""
@@ -63,6 +84,7 @@ class Renderer:
         self.warnings: list[str] = []
         self._context_files: list[dict[str, str]] | None = None
         self._stages: dict[str, dict[str, Any]] | None = None
+        self._workflow_section: tuple[str, list[tuple[str, bytes]]] | None = None
 
     def check(self) -> list[WorkflowError]:
         """Every template and prompt problem that can be found without rendering."""
@@ -79,11 +101,7 @@ class Renderer:
     def render_agent(self, agent: str, *, coordinator: bool = False) -> RenderedAgent:
         name = f"{COORDINATOR}.md" if coordinator else self.plan.workflow.agent_spec(agent).template_name(agent)
         files = self.context_files()
-        if self._stages is None:
-            self._stages = stage_dicts(self.plan)
-        context = instruction_context(
-            self.plan, agent, coordinator=coordinator, source=self.source, context_files=files, stages=self._stages
-        )
+        context = self._context(agent, coordinator)
         record: list[Loaded] = []
         self.loader.record = record
         try:
@@ -92,12 +110,24 @@ class Renderer:
         finally:
             self.loader.record = None
         text = text.replace("\r\n", "\n").strip("\n") + "\n"
-        if files and not self._mentions_context(template):
-            text += "\n## Project context\n"
-            for item in files:
-                text += f"\n### {item['path']}\n\n{item['text'].rstrip()}\n"
+        with_context = bool(files) and not self._mentions_context(template)
+        brief = ""
         sources = [(self.source, self.source_bytes)]
         sources += [(item.display, item.data) for item in record]
+        if coordinator:
+            if with_context:  # the coordinator is never sent to the API: its context simply follows its text
+                text += "\n" + _context_section(files)
+        else:
+            # A template that includes the workflow section itself keeps it where it put it.
+            with_workflow = not any(_is_workflow_section(item.display) for item in record)
+            parts: list[str] = []
+            if with_workflow:
+                workflow_text, workflow_sources = self.workflow_section()
+                parts.append(workflow_text)
+                sources += workflow_sources
+            if with_context:
+                parts.append(_context_section(files))
+            brief = "\n".join(parts)
         sources += [(item["path"], item["text"].encode()) for item in files]
         agent_ctx = context["agent"]
         return RenderedAgent(
@@ -108,6 +138,34 @@ class Renderer:
             text=text,
             coordinator=coordinator,
             sources=tuple(dict.fromkeys(sources)),
+            brief=brief,
+        )
+
+    def workflow_section(self) -> tuple[str, list[tuple[str, bytes]]]:
+        """``_workflow.md`` rendered once for the workflow: the first part of every agent's brief."""
+        if self._workflow_section is None:
+            context = self._context(COORDINATOR, True)
+            record: list[Loaded] = []
+            self.loader.record = record
+            try:
+                template = self._get_template(WORKFLOW_SECTION, None)
+                text = self._render(template.render, context, WORKFLOW_SECTION)
+            finally:
+                self.loader.record = None
+            text = text.replace("\r\n", "\n").strip("\n") + "\n"
+            self._workflow_section = (text, [(item.display, item.data) for item in record])
+        return self._workflow_section
+
+    def _context(self, agent: str, coordinator: bool) -> dict[str, Any]:
+        if self._stages is None:
+            self._stages = stage_dicts(self.plan)
+        return instruction_context(
+            self.plan,
+            agent,
+            coordinator=coordinator,
+            source=self.source,
+            context_files=self.context_files(),
+            stages=self._stages,
         )
 
     def context_files(self) -> list[dict[str, str]]:
