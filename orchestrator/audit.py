@@ -1,25 +1,24 @@
 """The audit gate: the verdict model, and what the auditor is shown.
 
-The audit stage's reply is a structured ``Verdict`` (a forced tool call whose
-input schema is this model). ``parse_verdict`` accepts that data, or, for
-runners that only return text, the last fenced ``json`` block of the reply.
-A verdict that can't be read fails the audit stage: never a silent pass.
+The audit stage's reply is a structured ``Verdict``: a structured output held to
+this model's JSON schema where the model supports that, else a reply that ends
+with the verdict in a fenced ``json`` block. ``parse_verdict`` reads either. A
+verdict that can't be read fails the audit stage (after one more try told what
+was wrong): never a silent pass.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["VERDICT_TOOL", "ChecklistItem", "Finding", "Verdict", "VerdictError", "parse_verdict", "verdict_schema"]
+from .contracts import parse_structured
 
-VERDICT_TOOL = "submit_verdict"
+__all__ = ["ChecklistItem", "Finding", "Verdict", "VerdictError", "parse_verdict", "verdict_schema"]
 
 
 class Finding(BaseModel):
@@ -61,24 +60,21 @@ def _schema() -> dict[str, Any]:
 
 
 def verdict_schema() -> dict[str, Any]:
-    """The JSON Schema the auditor's verdict tool takes (a fresh copy each call)."""
+    """The JSON Schema of the auditor's verdict (a fresh copy each call)."""
     return copy.deepcopy(_schema())
 
 
-_JSON_BLOCK = re.compile(r"```json\s*\n(.*?)\n```", re.DOTALL)
-
-
 def parse_verdict(data: Mapping[str, Any] | None, text: str) -> Verdict:
-    """The verdict from structured ``data``, else from the last ```json block of ``text``."""
+    """The verdict from structured ``data``, else from ``text``: the whole reply as JSON (a structured
+    output), or its last ```json block (a reply in prose)."""
     candidate: Any = data
     if candidate is None:
-        blocks = _JSON_BLOCK.findall(text)
-        if not blocks:
-            raise VerdictError("the audit reply has no verdict (no structured reply and no ```json block)")
         try:
-            candidate = json.loads(blocks[-1])
+            candidate = parse_structured(text)
         except ValueError as exc:
-            raise VerdictError(f"the audit reply's json block is not valid JSON: {exc}") from None
+            if "```json" in text:
+                raise VerdictError(f"the audit reply's json block is not valid JSON: {exc}") from None
+            raise VerdictError("the audit reply has no verdict (neither a JSON reply nor a ```json block)") from None
     try:
         return Verdict.model_validate(candidate)
     except ValidationError as exc:

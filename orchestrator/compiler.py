@@ -27,11 +27,12 @@ from .contracts import schema_problems
 from .errors import WorkflowError, WorkflowErrors
 from .graph import Plan, build_plan
 from .loader import load_mapping, load_workflow
+from .models import facts_for, setting_problems
 from .project import Project
 from .render import RenderedAgent, Renderer
 from .render.context import COORDINATOR
 
-__all__ = ["Compiled", "check_output", "compile_workflow", "load_plan", "write_output"]
+__all__ = ["Compiled", "check_output", "compile_workflow", "load_plan", "model_problems", "write_output"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,67 @@ def load_plan(workflow_path: Path, project: Project) -> tuple[Plan, str, bytes]:
     """Load, validate and plan a workflow; returns the plan, the file's display name and its bytes."""
     source = project.display(workflow_path)
     plan = build_plan(load_workflow(workflow_path, display=source))
+    WorkflowErrors.raise_if_any(model_problems(plan))
     return plan, source, plan.workflow.source.data
+
+
+def model_problems(plan: Plan) -> list[WorkflowError]:
+    """What the workflow asks of its models that they refuse (``models.setting_problems``), each at the
+    key that asked for it, once per agent and model."""
+    workflow = plan.workflow
+    errors: list[WorkflowError] = []
+    seen: set[tuple[str, str, str]] = set()
+    for index, stage in enumerate(workflow.stages):
+        agent = stage.agent
+        if agent is None or stage.id not in plan.stages:
+            continue
+        spec = workflow.agent_spec(agent)
+        model = plan.model_for(stage.id)
+        where: dict[str, tuple[str | int, ...]] = {
+            "model": ("stages", index, "model")
+            if stage.model
+            else (("agents", agent, "model") if spec.model else ("defaults", "model")),
+            "effort": ("agents", agent, "effort") if spec.effort else ("defaults", "effort"),
+            "thinking": ("agents", agent, "thinking") if spec.thinking else ("defaults", "thinking"),
+            "max_tokens": ("defaults", "max_tokens"),
+        }
+        problems = setting_problems(
+            model,
+            effort=plan.effort_for_agent(agent),
+            thinking=plan.thinking_for_agent(agent),
+            max_tokens=workflow.defaults.max_tokens,
+        )
+        if spec.opencode is not None and not facts_for(model).sampling and facts_for(model).known:
+            for name in ("temperature", "top_p"):
+                if getattr(spec.opencode, name) is not None:
+                    where[name] = ("agents", agent, "opencode", name)
+                    problems.append(
+                        (name, f"{facts_for(model).name} refuses {name}; OpenCode would send it", "remove it")
+                    )
+        for setting, problem, hint in problems:
+            key = (agent, model, setting)
+            if key in seen:
+                continue
+            seen.add(key)
+            errors.append(WorkflowError(problem, location=workflow.locate(*where[setting]), hint=hint))
+        if stage.batch:
+            if plan.tools_for(stage.id):
+                errors.append(
+                    WorkflowError(
+                        f"stage {stage.id!r} has batch: true, but its agent {agent!r} uses tools",
+                        location=workflow.locate("stages", index, "batch"),
+                        hint="a batched request can't call tools turn by turn; drop batch or the agent's tools",
+                    )
+                )
+            elif plan.runner_for(stage.id) != "anthropic":
+                errors.append(
+                    WorkflowError(
+                        f"stage {stage.id!r} has batch: true, but it runs with {plan.runner_for(stage.id)}",
+                        location=workflow.locate("stages", index, "batch"),
+                        hint="only the API runner (runner: anthropic) can batch requests",
+                    )
+                )
+    return errors
 
 
 def compile_workflow(workflow_path: Path, project: Project, targets: tuple[Target, ...] = TARGETS) -> Compiled:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # jsonschema is imported where a schema is checked, not with this module: most workflows have no
 # output_schema, and validate, compile and run should not pay for it at start-up.
 
-__all__ = ["output_problems", "parse_structured", "schema_problems", "validate_data"]
+__all__ = ["check_reply", "output_problems", "parse_structured", "schema_problems", "validate_data"]
 
 _MAX_PROBLEMS = 10
 _LONGEST = 200
@@ -163,6 +163,21 @@ def parse_structured(text: str) -> Any:
         return json.loads(blocks[-1])
     except json.JSONDecodeError as error:
         raise ValueError(f"the last ```json block of the reply is not JSON: {_decode_problem(error)}") from None
+
+
+def check_reply(output: str, data: Any, schema: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """A structured reply's data (``data`` when the runner parsed it, else the JSON of ``output``) and what is
+    wrong with it against ``schema``, in one line the stage's next try can act on."""
+    value = data
+    if value is None:
+        try:
+            value = parse_structured(output)
+        except ValueError as exc:
+            return None, f"its structured output is not JSON: {exc}"
+    invalid = validate_data(value, schema)
+    if invalid:
+        return None, "its structured output does not match output_schema: " + "; ".join(invalid)
+    return (value if isinstance(value, dict) else None), None
 
 
 def _inside(path: Path, base: Path) -> Path | None:

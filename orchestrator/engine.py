@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import Finding, Verdict, VerdictError, parse_verdict
+from .contracts import check_reply
 from .errors import OrchestrateError
 from .events import (
     ApprovalDecided,
     ApprovalRequested,
     AttemptFinished,
     AuditRound,
+    BatchSubmitted,
     Event,
     Listener,
     RunFinished,
@@ -60,14 +62,16 @@ from .outcomes import (
     NoGates,
     NoGuard,
     NoMemory,
+    Pricer,
     Progress,
     RunOutcome,
     RunStatus,
     StageInput,
     StageOutcome,
 )
-from .runners import AttemptRecord, Runner, Usage
+from .runners import AttemptRecord, BudgetExhausted, Meter, Runner, StageFailure, StageRequest, Usage
 from .scopes import scopes_overlap
+from .spend import Purse
 
 __all__ = [
     "Decision",
@@ -85,7 +89,6 @@ __all__ = [
 _RUNNING = StageOutcome("running")  # shared: a running stage has nothing of its own to hold yet
 
 RequestBuilder = Callable[[str, Progress], StageInput]
-Pricer = Callable[[Usage, str], "float | None"]
 # A stage's ``if``: the reason to skip it, or None to run it. Its ``foreach``: the list of items.
 Condition = Callable[[str, Progress], "str | None"]
 Expander = Callable[[str, Progress], Any]
@@ -133,6 +136,7 @@ class _Run:
         guard: Guard,
         condition: Condition,
         expand: Expander,
+        batches: Mapping[str, tuple[str, str, str]],
     ) -> None:
         self.plan = plan
         self.build_request = build_request
@@ -160,7 +164,8 @@ class _Run:
         self.timed_out: set[str] = set()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.ran: set[str] = set()
-        self.spent = options.spent_usd
+        self.purse = Purse(options.budget_usd, options.spent_usd)
+        self.batches = dict(batches)
         self.stopping = False
         self.budget_note = ""
         self.waiting_gates: dict[str, StageInput] = {}
@@ -592,7 +597,7 @@ class _Run:
         if stage_input.request is None:  # a pure gate: nothing to run
             self.ran.add(sid)
             return self._gate(sid, StageOutcome("succeeded", fingerprint=stage_input.fingerprint), stage_input)
-        held = self._over_budget(stage_input)
+        held = self._over_budget(sid, stage_input)
         if held:
             self.budget_note = held
             return StageOutcome("pending", error=held)
@@ -602,16 +607,21 @@ class _Run:
             return self._gate(sid, outcome, stage_input)
         return outcome
 
-    def _over_budget(self, stage_input: StageInput) -> str:
-        budget = self.options.budget_usd
-        if budget is None:
+    def _over_budget(self, sid: str, stage_input: StageInput) -> str:
+        """Why the stage can't start within the run's budget even at its cheapest ("" when it may)."""
+        purse = self.purse
+        if purse.cap is None:
             return ""
-        if self.spent + stage_input.min_cost_usd > budget:
+        least = self._least(sid, stage_input)
+        if purse.spent + least > purse.cap:
             return (
-                f"the run's budget of ${budget:.2f} would be exceeded: ${self.spent:.4f} spent, and the next stage "
-                f"costs at least ${stage_input.min_cost_usd:.4f}"
+                f"the run's budget of ${purse.cap:.2f} would be exceeded: ${purse.spent:.4f} spent, and the next "
+                f"stage costs at least ${least:.4f}"
             )
         return ""
+
+    def _least(self, sid: str, stage_input: StageInput) -> float:
+        return (self.price.least(self.models[sid], stage_input.min_tokens) or 0.0) if stage_input.min_tokens else 0.0
 
     def _fail(self, sid: str, started: float, spent: _Ledger, error: str, *, interrupted: bool = False) -> StageOutcome:
         outcome = StageOutcome(
@@ -624,6 +634,48 @@ class _Run:
         self.emit(StageFailed(self.clock(), sid, round(outcome.duration, 3), error, interrupted))
         return outcome
 
+    def _meter(
+        self, sid: str, model: str, spent: _Ledger, stage_budget: float | None, fingerprint: str
+    ) -> tuple[Meter, Callable[[], None]]:
+        """What the stage's runner reports to and reserves from (see ``runners.Meter``), and how to release
+        a reservation a try left unsettled (one that ended before its request was reported)."""
+        purse = self.purse
+        held = [0.0]  # the reservation of the request in flight, settled by its attempt's report
+
+        def report(attempt: AttemptRecord) -> None:
+            cost = self.price.cost(attempt, model) if attempt.usage.total else 0.0  # a command costs nothing
+            spent.usage = spent.usage + attempt.usage
+            spent.cost_usd = _add_cost(spent.cost_usd, cost)
+            purse.settle(held[0], cost or 0.0)
+            held[0] = 0.0
+            self.emit(AttemptFinished(self.clock(), sid, attempt, cost))
+
+        async def reserve(input_tokens: int, max_output: int, batch: bool) -> None:
+            worst = self.price.worst(model, input_tokens, max_output, batch) or 0.0
+            if stage_budget is not None and (spent.cost_usd or 0.0) + worst > stage_budget:
+                raise StageFailure(
+                    f"the stage's budget of ${stage_budget:.2f} would be exceeded: ${spent.cost_usd or 0.0:.4f} "
+                    f"spent, and its next request may cost up to ${worst:.4f}"
+                )
+            await purse.reserve(worst)
+            held[0] = worst
+
+        def batched(batch_id: str, custom_id: str) -> None:
+            self.emit(BatchSubmitted(self.clock(), sid, batch_id, custom_id, fingerprint))
+
+        def release() -> None:
+            purse.settle(held[0], 0.0)
+            held[0] = 0.0
+
+        pending = self.batches.pop(sid, None)
+        meter = Meter(
+            report,
+            reserve if purse.limited or stage_budget is not None else None,
+            batched,
+            (pending[1], pending[2]) if pending is not None and pending[0] == fingerprint else None,
+        )
+        return meter, release
+
     async def _run_stage(self, sid: str, stage_input: StageInput, reason: str) -> StageOutcome:
         stage = self.plan.stages[self._spec_id(sid)]
         request = stage_input.request
@@ -633,25 +685,23 @@ class _Run:
         spent = _Ledger()
         stage_budget = stage.budget.usd if stage.budget else None
 
-        def report(attempt: AttemptRecord) -> None:
-            cost = self.price(attempt.usage, model) if attempt.usage.total else 0.0  # a command costs nothing
-            spent.usage = spent.usage + attempt.usage
-            spent.cost_usd = _add_cost(spent.cost_usd, cost)
-            self.spent += cost or 0.0
-            self.emit(AttemptFinished(self.clock(), sid, attempt, cost))
-
         self.emit(StageStarted(self.clock(), sid, stage.agent or "", model, reason, self.progress.round))
         timeout = self._timeout_of(sid)
         tries = stage.retries + 1
-        for number in range(1, tries + 1):
+        sent_back = False  # a malformed structured reply gets one more try beyond the stage's retries
+        number = 0
+        while number < tries:
+            number += 1
             if timeout:
                 self.deadlines[sid] = time.monotonic() + timeout
             error: str | None = None
             data: dict[str, Any] | None = None
             token: object = None
+            reply_problem = False
+            meter, release = self._meter(sid, model, spent, stage_budget, stage_input.fingerprint)
             try:
                 token = await self.guard.before(sid)
-                result = await self.runner_for(sid).run(request, report)
+                result = await self.runner_for(sid).run(request, meter)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if sid in self.timed_out:  # the watchdog's cancel, not the user's: this try fails
@@ -666,23 +716,26 @@ class _Run:
                 else:
                     self._fail(sid, started, spent, "interrupted", interrupted=True)
                     raise
+            except BudgetExhausted as exc:
+                self.budget_note = exc.message
+                return self._fail(sid, started, spent, f"stopped: {exc.message}", interrupted=True)
             except OrchestrateError as exc:
                 error = exc.message
             except Exception as exc:  # a runner bug must fail its stage, not the whole run
                 error = f"runner error: {type(exc).__name__}: {exc}"
             else:
-                error, data = self._check_result(sid, result.output, result.data)
+                error, data = self._check_result(request, result.output, result.data)
+                reply_problem = error is not None and not error.startswith(BLOCKED)
                 if error is None:
-                    checked, problem = await self.guard.after(
+                    checked, error = await self.guard.after(
                         sid, token, result.output, data, frozenset(self.overlapped.get(sid, ()))
                     )
-                    if problem is None:
-                        data = checked
-                    else:
-                        error = problem
-                        self.progress.contract[sid] = problem
+                    data = checked if error is None else data
+                if error is not None and not error.startswith(BLOCKED):
+                    self.progress.contract[sid] = error
             finally:
                 self.deadlines.pop(sid, None)
+                release()
             if error is None:
                 output = _normal(result.output)
                 duration = time.monotonic() - started
@@ -711,12 +764,15 @@ class _Run:
                 )
                 return outcome
             assert error is not None
+            if number == tries and reply_problem and not sent_back:
+                sent_back = True
+                tries += 1
             if number == tries or self.stopping:
                 break
-            if stage_budget is not None and (spent.cost_usd or 0.0) + stage_input.min_cost_usd > stage_budget:
+            if stage_budget is not None and (spent.cost_usd or 0.0) + self._least(sid, stage_input) > stage_budget:
                 error += f"; no retry: the stage's budget of ${stage_budget:.2f} is spent"
                 break
-            held = self._over_budget(stage_input)
+            held = self._over_budget(sid, stage_input)
             if held:
                 self.budget_note = held
                 error += "; no retry: " + held
@@ -733,16 +789,24 @@ class _Run:
         assert error is not None
         return self._fail(sid, started, spent, error + (f" (after {number} tries)" if number > 1 else ""))
 
-    def _check_result(self, sid: str, output: str, data: dict[str, Any] | None) -> tuple[str | None, Any]:
+    def _check_result(self, request: StageRequest, output: str, data: dict[str, Any] | None) -> tuple[str | None, Any]:
+        """What is wrong with a reply itself: a blocked report, or a structured reply that doesn't parse or
+        doesn't match its schema (the verdict's, for the audit)."""
         blocked = _blocked_reason(output)
         if blocked is not None:
-            return f"the agent reported itself blocked: {blocked}", None
-        if self._spec_id(sid) == self.plan.audit_stage:
+            return f"{BLOCKED}{blocked}", None
+        if request.verdict:
             try:
                 return None, parse_verdict(data, output).model_dump()
             except VerdictError as exc:
                 return str(exc), None
+        if request.output_schema is not None:
+            checked, problem = check_reply(output, data, request.output_schema)
+            return problem, checked
         return None, data
+
+
+BLOCKED = "the agent reported itself blocked: "
 
 
 def _blocked_reason(output: str) -> str | None:
@@ -795,11 +859,14 @@ async def execute(
     guard: Guard | None = None,
     condition: Condition | None = None,
     expand: Expander | None = None,
+    batches: Mapping[str, tuple[str, str, str]] | None = None,
 ) -> RunOutcome:
     """Run the stages of ``plan``; return when each has succeeded, failed, been skipped or is waiting.
 
     ``build_request`` turns a stage and the progress so far into its input;
-    ``runner_for`` picks the runner of a stage; ``price`` turns usage into USD;
+    ``runner_for`` picks the runner of a stage; ``price`` turns attempts into USD (and a request's worst
+    case, for the budget's reservations); ``batches`` are batches an earlier run submitted (stage ->
+    fingerprint, batch id, custom id), collected instead of sent again;
     ``memory`` keeps unchanged outputs; ``gates`` hold people's decisions;
     ``feedback`` are findings a resumed run's stages were sent back with;
     ``guard`` holds write scopes and output contracts; ``condition`` decides a
@@ -819,6 +886,7 @@ async def execute(
         guard or NoGuard(),
         condition or _no_condition,
         expand or _no_items,
+        batches or {},
     )
     if control is not None:
         control._attach(run)

@@ -22,6 +22,7 @@ __all__ = [
     "ApprovalRequested",
     "AttemptFinished",
     "AuditRound",
+    "BatchSubmitted",
     "Event",
     "Listener",
     "RunFinished",
@@ -93,6 +94,17 @@ class AttemptFinished:
     stage: str
     attempt: AttemptRecord
     cost_usd: float | None
+
+
+@dataclass(slots=True)
+class BatchSubmitted:
+    """A ``batch: true`` stage's request went into a Message Batch: an interrupted run collects it from there."""
+
+    time: float
+    stage: str
+    batch_id: str
+    custom_id: str
+    fingerprint: str  # the request it holds: a changed stage sends a new one
 
 
 @dataclass(slots=True)
@@ -209,6 +221,7 @@ Event = (
     | StageStarted
     | StageReused
     | AttemptFinished
+    | BatchSubmitted
     | StageRetrying
     | StageSucceeded
     | StageFailed
@@ -227,6 +240,7 @@ _NAMES: dict[type[Any], str] = {
     StageStarted: "stage_started",
     StageReused: "stage_reused",
     AttemptFinished: "attempt_finished",
+    BatchSubmitted: "batch_submitted",
     StageRetrying: "stage_retrying",
     StageSucceeded: "stage_succeeded",
     StageFailed: "stage_failed",

@@ -32,19 +32,22 @@ def digest(data: str | bytes, size: int = 16) -> str:
     return hashlib.sha256(raw).hexdigest()[:size]
 
 
-def request_fingerprint(request: StageRequest, system_sha256: str | None = None) -> str:
+def request_fingerprint(
+    request: StageRequest, system_sha256: str | None = None, brief_sha256: str | None = None
+) -> str:
     """The hash of everything a request sends (and nothing it does not, such as timestamps).
 
-    ``system_sha256`` is the full hash of ``request.system`` when the caller has it: the
-    instructions are shared by every stage of an agent and can be long, so they are hashed
-    once per agent rather than once per stage.
+    ``system_sha256`` and ``brief_sha256`` are the full hashes of ``request.system`` and
+    ``request.brief`` when the caller has them: the instructions are shared by every stage of an
+    agent (the brief by every agent) and can be long, so they are hashed once rather than per stage.
     """
-    structured = json.dumps(request.structured, sort_keys=True) if request.structured is not None else ""
     settings = request.settings()
     hasher = hashlib.sha256()
-    for part in (system_sha256 or digest(request.system, 64), request.model, str(request.max_tokens), structured):
+    for part in (system_sha256 or digest(request.system, 64), request.model, str(request.max_tokens)):
         hasher.update(part.encode("utf-8") + b"\0")
-    if settings:  # tools, contracts, a command; absent for plain text stages, whose fingerprints stay as they were
+    if request.brief:
+        hasher.update((brief_sha256 or digest(request.brief, 64)).encode("utf-8") + b"\0")
+    if settings:  # tools, contracts, a command; absent for plain text stages
         hasher.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
     hasher.update(request.prompt.encode("utf-8"))
     return hasher.hexdigest()

@@ -1,24 +1,55 @@
-"""``orchestrate plan``: what a run would do, without calling any API.
+"""``orchestrate plan``: what a run would do and cost, without calling any model.
 
 For each stage in plan order: will it run, keep its earlier output, or wait at
-a gate, and why; how big its prompt is; and a token and cost range. A stage
-whose needs will run can't be fingerprinted yet (their outputs don't exist):
-it is expected to run, and its prompt size leaves room for those outputs.
+a gate, and why; how big its prompt is; its tokens; and what it should cost,
+as a point estimate with a range of half to twice it.
+
+The estimate follows the run as it will happen: each request's input is
+counted by the token-counting endpoint when a counter is given (free, with an
+API key) and guessed from its length otherwise; the prompt cache is followed
+stage by stage (the workflow brief written once and read by every agent after,
+an agent's instructions written by its first stage and read by the rest, a
+tool loop reading its conversation turn to turn, parallel stages warming the
+cache first unless ``cache_warmup`` is off); outputs not yet made are taken
+at a typical size. Replies are taken at typical lengths (``TYPICAL``), the part
+no one can know before the run: that is what the range is for.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from .cost import estimate_range, token_range
+from .api_request import request_body
+from .cost import estimate
 from .engine import Decision, Progress, StageOutcome
 from .fingerprint import Recalled
+from .models import facts_for
 from .run import PreparedRun, load_previous, request_builder, start_session
+from .runners import StageRequest, Usage
 
-__all__ = ["Forecast", "StageForecast", "forecast_run"]
+__all__ = ["TYPICAL", "Forecast", "StageForecast", "TokenCounter", "forecast_run"]
 
 Action = Literal["run", "keep", "wait"]
+# Counts the input tokens of request bodies (None where it could not): the token-counting endpoint.
+TokenCounter = Callable[[Sequence[dict[str, Any]]], list[int | None]]
+
+
+@dataclass(frozen=True)
+class Typical:
+    """What a reply is taken to be before it exists (tokens)."""
+
+    reply: int = 1_000  # a stage's final reply: a plan, a report, a verdict
+    tool_turn: int = 150  # a turn that calls tools
+    tool_results: int = 400  # what a turn's tool results add to the conversation
+    turns: int = 6  # turns of a tool loop (at most its max_turns)
+    chars_per_token: float = 4.0  # for a prompt that is not counted
+
+
+TYPICAL = Typical()
+RANGE = (0.5, 2.0)  # the range around a point estimate
 
 
 @dataclass(frozen=True)
@@ -28,18 +59,33 @@ class StageForecast:
     action: Action  # run: calls the model; keep: earlier output kept; wait: a gate that needs a person
     reason: str
     prompt_chars: int | None  # system prompt + user message, as far as known now
-    tokens: tuple[int, int] | None  # input + output, low and high
-    cost_usd: tuple[float, float] | None
+    tokens: tuple[int, int] | None  # input (all requests, cached or not) and output, expected
+    cost_usd: float | None  # expected
+    cached_tokens: int = 0  # of the input, expected to be read from the prompt cache
+    counted: bool = False  # input counted by the API rather than guessed
+
+    @property
+    def cost_range(self) -> tuple[float, float] | None:
+        if self.cost_usd is None:
+            return None
+        return (round(self.cost_usd * RANGE[0], 6), round(self.cost_usd * RANGE[1], 6))
 
 
 @dataclass(frozen=True)
 class Forecast:
     stages: list[StageForecast]
-    cost_usd: tuple[float, float] | None
+    cost_usd: float | None
     budget_usd: float | None
     spent_usd: float
     resume: bool
     changes: list[str] = field(default_factory=list)
+    counted: bool = False
+
+    @property
+    def cost_range(self) -> tuple[float, float] | None:
+        if self.cost_usd is None:
+            return None
+        return (round(self.cost_usd * RANGE[0], 6), round(self.cost_usd * RANGE[1], 6))
 
     @property
     def unknown_cost(self) -> str:
@@ -47,17 +93,17 @@ class Forecast:
         if self.cost_usd is not None:
             return ""
         if any(f.action == "run" and f.cost_usd is None and f.prompt_chars is None for f in self.stages):
-            return "unknown until the run (fan-out, conditions or prompts that need upstream outputs)"
+            return "unknown until the run (fan-out or conditions decided by upstream outputs)"
         return "unknown (a model has no price; add pricing: to the workflow)"
 
     @property
     def budget_check(self) -> str:
         if self.budget_usd is None:
             return ""
-        if self.cost_usd is None:
+        if self.cost_range is None:
             return self.unknown_cost
         left = self.budget_usd - self.spent_usd
-        low, high = self.cost_usd
+        low, high = self.cost_range
         if low > left:
             return f"will exceed it: at least ${low:.4f} more, ${left:.4f} left"
         if high > left:
@@ -65,7 +111,60 @@ class Forecast:
         return f"fits: up to ${high:.4f} more, ${left:.4f} left"
 
 
-def forecast_run(prepared: PreparedRun) -> Forecast:
+@dataclass
+class _Request:
+    """One stage's request as the estimate sees it: tokens of each part of the prompt."""
+
+    sid: str
+    request: StageRequest
+    body: dict[str, Any]
+    tools: int
+    brief: int
+    system: int
+    message: int
+    counted: bool = False
+
+
+class _CacheModel:
+    """Which prompt prefixes the run will have written, stage by stage."""
+
+    def __init__(self, warmup: bool) -> None:
+        self.warmup = warmup
+        self.written: set[str] = set()
+        self.this_wave: set[str] = set()
+
+    def next_wave(self) -> None:
+        self.written |= self.this_wave
+        self.this_wave = set()
+
+    def _has(self, key: str) -> bool:
+        return key in self.written or (self.warmup and key in self.this_wave)
+
+    def first_request(self, part: _Request) -> tuple[int, int]:
+        """Tokens of the prefix read from and written to the cache by the stage's first request."""
+        minimum = facts_for(part.request.model).cache_min_tokens
+        fmt = json.dumps((part.body.get("output_config") or {}).get("format"), sort_keys=True)
+        base = json.dumps([part.request.model, part.body.get("tools")], sort_keys=True)
+        brief_key = base + "\0" + part.request.brief + "\0" + fmt
+        agent_key = brief_key + "\0" + part.request.system
+        to_brief = part.tools + part.brief
+        to_system = to_brief + part.system
+        read = write = 0
+        if self._has(agent_key) and to_system >= minimum:
+            read = to_system
+        elif part.request.brief and self._has(brief_key) and to_brief >= minimum:
+            read = to_brief
+            write = to_system - to_brief if to_system >= minimum else 0
+        elif to_system >= minimum:
+            write = to_system
+        if part.request.brief and to_brief >= minimum:
+            self.this_wave.add(brief_key)
+        if to_system >= minimum:
+            self.this_wave.add(agent_key)
+        return read, write
+
+
+def forecast_run(prepared: PreparedRun, counter: TokenCounter | None = None) -> Forecast:
     """What ``orchestrate run`` would do now for this task (reads the state folder, writes nothing)."""
     plan = prepared.compiled.plan
     workflow = plan.workflow
@@ -75,7 +174,8 @@ def forecast_run(prepared: PreparedRun) -> Forecast:
     outcomes = {sid: StageOutcome("pending") for sid in plan.order}
     progress = Progress(outcomes, session.feedback, {}, session.round)
     unknown: set[str] = set()  # stages whose output this run will produce anew (or not at all)
-    out: list[StageForecast] = []
+    out: list[StageForecast | _Request] = []
+    waiting: dict[str, tuple[int, str, Action]] = {}  # stage -> (needs still to come, reason, action)
     for sid in plan.order:
         stage = plan.stages[sid]
         wave = plan.wave_of(sid) + 1
@@ -103,20 +203,21 @@ def forecast_run(prepared: PreparedRun) -> Forecast:
             recalled_run = session.memo.recall(sid, stage_input.fingerprint, stage_input.inputs, unknown)
             if isinstance(recalled_run, Recalled) and not waiting_on:
                 outcomes[sid] = StageOutcome("succeeded", output=recalled_run.output)
-                out.append(StageForecast(sid, wave, "keep", recalled_run.reason, None, None, (0.0, 0.0)))
+                out.append(StageForecast(sid, wave, "keep", recalled_run.reason, None, None, 0.0))
             else:
                 unknown.add(sid)
                 why = f"runs `{request.command.command}` (no model, no cost)"
-                out.append(StageForecast(sid, wave, "run", why, None, None, (0.0, 0.0)))
+                out.append(StageForecast(sid, wave, "run", why, None, None, 0.0))
             continue
-        chars = len(request.system) + len(request.prompt) if request is not None else None
         if waiting_on:
             obstacle = session.memo.obstacle(sid)
             reason = obstacle or f"upstream {', '.join(waiting_on)} will run (kept if its output comes out the same)"
             unknown.add(sid)
-            action: Action = "wait" if not stage.runs_agent else "run"
-            extra = len(waiting_on) * workflow.defaults.max_tokens * 4  # their outputs, at most
-            out.append(_estimate(prepared, sid, wave, action, reason, chars, extra))
+            if request is None or not stage.runs_agent:
+                out.append(StageForecast(sid, wave, "wait", reason, None, None, None))
+                continue
+            out.append(_parts(sid, request, len(waiting_on) * TYPICAL.reply))
+            waiting[sid] = (wave, reason, "run")
             continue
         recalled = session.memo.recall(sid, stage_input.fingerprint, stage_input.inputs, unknown)
         if isinstance(recalled, Recalled):
@@ -132,47 +233,123 @@ def forecast_run(prepared: PreparedRun) -> Forecast:
                     out.append(StageForecast(sid, wave, "wait", "was rejected", None, None, None))
                     continue
                 progress.decisions[sid] = decision or Decision(True, "", "--approve-all")
-            out.append(StageForecast(sid, wave, "keep", recalled.reason, None, None, (0.0, 0.0)))
+            out.append(StageForecast(sid, wave, "keep", recalled.reason, None, None, 0.0))
             continue
         unknown.add(sid)
         if request is None:
             out.append(StageForecast(sid, wave, "wait", "a gate: waits for approval", None, None, None))
             continue
-        out.append(_estimate(prepared, sid, wave, "run", recalled, chars, 0))
-    total: tuple[float, float] | None = (0.0, 0.0)
+        out.append(_parts(sid, request, 0))
+        waiting[sid] = (wave, recalled, "run")
+    parts = [item for item in out if isinstance(item, _Request)]
+    counted = _count(parts, counter) if counter is not None and parts else False
+    cache = _CacheModel(workflow.defaults.cache_warmup)
+    stages: list[StageForecast] = []
+    wave_now = 0
     for item in out:
-        if item.action == "run":
-            if item.cost_usd is None or total is None:
-                total = None
-            else:
-                total = (round(total[0] + item.cost_usd[0], 6), round(total[1] + item.cost_usd[1], 6))
+        if isinstance(item, StageForecast):
+            stages.append(item)
+            continue
+        wave, reason, action = waiting[item.sid]
+        if wave != wave_now:
+            cache.next_wave()
+            wave_now = wave
+        stages.append(_estimate(prepared, item, wave, action, reason, cache))
+    total: float | None = 0.0
+    for f in stages:
+        if f.action == "run":
+            total = None if f.cost_usd is None or total is None else round(total + f.cost_usd, 6)
     return Forecast(
-        stages=out,
+        stages=stages,
         cost_usd=total,
         budget_usd=prepared.budget_usd,
         spent_usd=session.spent_usd,
         resume=session.resume,
         changes=session.changes,
+        counted=counted,
     )
 
 
+def _tokens(text: str) -> int:
+    return round(len(text) / TYPICAL.chars_per_token)
+
+
+def _parts(sid: str, request: StageRequest, pending_outputs: int) -> _Request:
+    """The request's parts, in guessed tokens; ``pending_outputs`` tokens of upstream outputs to come."""
+    body = request_body(request, _tool_stand_ins(request))
+    tools = _tokens(json.dumps(body.get("tools") or [])) if request.tools else 0
+    return _Request(
+        sid,
+        request,
+        body,
+        tools,
+        _tokens(request.brief),
+        _tokens(request.system),
+        _tokens(request.prompt) + pending_outputs,
+    )
+
+
+def _tool_stand_ins(request: StageRequest) -> list[dict[str, Any]]:
+    if not request.tools:
+        return []
+    from .tools import tool_definitions
+    from .workspace import BashPolicy
+
+    policy = BashPolicy(allow=request.bash, shell=request.shell, timeout=request.bash_timeout)
+    return tool_definitions(request.tools, bash=policy)
+
+
+def _count(parts: list[_Request], counter: TokenCounter) -> bool:
+    """Replace the guessed tokens of each request by the API's count, shared out over its parts by length."""
+    counts = counter([part.body for part in parts])
+    any_counted = False
+    for part, count in zip(parts, counts, strict=True):
+        if count is None:
+            continue
+        guessed = part.tools + part.brief + part.system + part.message
+        pending = part.message - _tokens(part.request.prompt)  # upstream outputs to come: not in the count
+        scale = (count / (guessed - pending)) if guessed - pending > 0 else 1.0
+        part.tools, part.brief, part.system = (round(x * scale) for x in (part.tools, part.brief, part.system))
+        part.message = count - part.tools - part.brief - part.system + pending
+        part.counted = any_counted = True
+    return any_counted
+
+
 def _estimate(
-    prepared: PreparedRun, sid: str, wave: int, action: Action, reason: str, chars: int | None, extra: int
+    prepared: PreparedRun, part: _Request, wave: int, action: Action, reason: str, cache: _CacheModel
 ) -> StageForecast:
     plan = prepared.compiled.plan
-    if chars is None:
-        return StageForecast(sid, wave, action, reason, None, None, None)
-    max_out = plan.workflow.defaults.max_tokens
-    low_in, _ = token_range(chars)
-    _, high_in = token_range(chars + extra)
-    cost = estimate_range(chars, max_out, plan.model_for(sid), plan.workflow.pricing)
-    if cost is not None and extra:
-        wider = estimate_range(chars + extra, max_out, plan.model_for(sid), plan.workflow.pricing)
-        cost = (cost[0], wider[1]) if wider else cost
-    high = high_in + max_out
-    if plan.tools_for(sid) and plan.runner_for(sid) == "anthropic":  # a tool loop: up to max_turns requests
-        turns = plan.max_turns_for(sid)
-        high *= turns
-        cost = (cost[0], round(cost[1] * turns, 6)) if cost is not None else None
-        reason += f" (tools: up to {turns} turns)"
-    return StageForecast(sid, wave, action, reason, chars, (low_in, high), cost)
+    request = part.request
+    model = request.model
+    read, write = cache.first_request(part)
+    prefix = part.tools + part.brief + part.system
+    conversation = part.message
+    turns = min(plan.max_turns_for(part.sid), TYPICAL.turns) if request.tools else 1
+    usage = Usage()
+    for turn in range(1, turns + 1):
+        last = turn == turns
+        output = TYPICAL.reply if last else TYPICAL.tool_turn
+        if turn == 1:
+            # A tool loop caches its conversation from the first turn on (top-level cache_control).
+            written = write + (conversation if request.tools else 0)
+            usage = usage + Usage(prefix + conversation - read - written, output, read, written)
+        else:
+            added = TYPICAL.tool_turn + TYPICAL.tool_results
+            usage = usage + Usage(0, output, prefix + conversation, added)
+            conversation += added
+    if request.tools and turns > 1:
+        reason += f" (tools: about {turns} turns, at most {plan.max_turns_for(part.sid)})"
+    cost = estimate(usage, model, plan.workflow.pricing, batch=request.batch)
+    total_in = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    chars = len(request.brief) + len(request.system) + len(request.prompt)
+    return StageForecast(
+        part.sid,
+        wave,
+        action,
+        reason,
+        chars,
+        (total_in, usage.output_tokens),
+        cost,
+        cached_tokens=usage.cache_read_tokens,
+        counted=part.counted,
+    )

@@ -93,6 +93,13 @@ class Plan:
     def model_for_agent(self, agent: str) -> str:
         return self.workflow.agent_spec(agent).model or self.workflow.defaults.model
 
+    def effort_for_agent(self, agent: str) -> str | None:
+        """The agent's effort, else the workflow's; None leaves it to the model."""
+        return self.workflow.agent_spec(agent).effort or self.workflow.defaults.effort
+
+    def thinking_for_agent(self, agent: str) -> str | None:
+        return self.workflow.agent_spec(agent).thinking or self.workflow.defaults.thinking
+
     def ancestors(self, stage_id: str) -> set[str]:
         """Every stage ``stage_id`` waits for, directly or through others."""
         seen: set[str] = set()

@@ -1,4 +1,4 @@
-"""The checks around a stage that acts on the workspace: its write scope and its output contract.
+"""The checks around a stage that acts on the workspace: its write scope and its declared outputs.
 
 ``WorkspaceGuard`` is the run's ``Guard`` (see ``outcomes``). It tells the
 engine each stage's write scope (so overlapping stages never run together),
@@ -7,8 +7,10 @@ each try reports, in one sentence the stage (and its next try) can act on:
 
 - files changed outside the declared scope (changes inside the scopes of
   stages that ran at the same time are theirs, not this stage's);
-- declared ``outputs:`` that are missing or empty;
-- a structured output that is not JSON or does not match ``output_schema``.
+- declared ``outputs:`` that are missing or empty.
+
+The shape of the reply itself (JSON, ``output_schema``, the verdict) is the
+engine's to check (``contracts.check_reply``): it needs no workspace.
 
 It never schedules or runs anything, and it ignores the state folder.
 """
@@ -20,7 +22,7 @@ from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
 
-from .contracts import output_problems, parse_structured, validate_data
+from .contracts import output_problems
 from .graph import Plan
 from .outcomes import Instance
 from .render import Renderer
@@ -44,7 +46,6 @@ class WorkspaceGuard:
         plan: Plan,
         root: Path,
         renderer: Renderer,
-        schemas: Mapping[str, dict[str, Any]],
         *,
         params: Mapping[str, Any] | None = None,
         task: str = "",
@@ -54,7 +55,6 @@ class WorkspaceGuard:
         self.plan = plan
         self.root = root
         self.renderer = renderer
-        self.schemas = schemas
         self.params = dict(params or {})
         self.task = task
         self._spec: dict[str, str] = {}
@@ -114,18 +114,4 @@ class WorkspaceGuard:
             missing = await asyncio.to_thread(output_problems, self.root, outputs)
             if missing:
                 problems.append("declared outputs are not right: " + "; ".join(missing))
-        schema = self.schemas.get(spec_id)
-        if schema is not None:
-            value: Any = data
-            if value is None:
-                try:
-                    value = parse_structured(output)
-                except ValueError as exc:
-                    problems.append(f"its structured output is not JSON: {exc}")
-                    return None, "; ".join(problems)
-            invalid = validate_data(value, schema)
-            if invalid:
-                problems.append("its structured output does not match output_schema: " + "; ".join(invalid))
-            elif isinstance(value, dict):
-                data = value
         return data, ("; ".join(problems) if problems else None)

@@ -194,7 +194,7 @@ def finish_stage(
             data = _structured(sid, output, schema)
         if sid == drive.plan.audit_stage:
             try:
-                verdict = _verdict(output)
+                verdict = parse_verdict(None, output)
             except VerdictError as exc:
                 raise UsageError(
                     f"can't finish stage {sid!r}: {exc}",
@@ -342,12 +342,3 @@ def _structured(sid: str, output: str, schema: dict[str, Any]) -> dict[str, Any]
             hint="fix the output (the stage stays running) and run state done again",
         )
     return data if isinstance(data, dict) else {"value": data}
-
-
-def _verdict(output: str) -> Verdict:
-    """The audit's verdict: the whole output as JSON, or its last json block."""
-    try:
-        data = parse_structured(output)
-    except ValueError:
-        data = None  # parse_verdict then says what is missing
-    return parse_verdict(data if isinstance(data, dict) else None, output)

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from .audit import Finding, Verdict
 from .fingerprint import Recalled, gate_fingerprint, request_fingerprint
-from .runners import StageRequest, Usage
+from .runners import AttemptRecord, StageRequest, Usage
 
 __all__ = [
     "Decision",
@@ -26,6 +26,7 @@ __all__ = [
     "NoGates",
     "NoGuard",
     "NoMemory",
+    "Pricer",
     "Progress",
     "RunOutcome",
     "RunStatus",
@@ -87,11 +88,11 @@ class StageInput:
     request: StageRequest | None  # None for an approval gate: no agent runs it
     inputs: Mapping[str, str]
     fingerprint: str
-    min_cost_usd: float = 0.0  # the least the request can cost, for the budget check
+    min_tokens: int = 0  # the fewest input tokens the request can send, for the budget's check before it starts
 
     @classmethod
-    def of(cls, request: StageRequest, inputs: Mapping[str, str] | None = None, min_cost: float = 0.0) -> StageInput:
-        return cls(request, inputs or {}, request_fingerprint(request), min_cost)
+    def of(cls, request: StageRequest, inputs: Mapping[str, str] | None = None, min_tokens: int = 0) -> StageInput:
+        return cls(request, inputs or {}, request_fingerprint(request), min_tokens)
 
     @classmethod
     def gate(cls, inputs: Mapping[str, str]) -> StageInput:
@@ -126,6 +127,22 @@ class Progress:
     round: int
     instances: dict[str, Instance] = field(default_factory=dict)
     contract: dict[str, str] = field(default_factory=dict)
+
+
+class Pricer(Protocol):
+    """What requests cost, for the ledger and the budget (``cost.Pricing`` is the run's)."""
+
+    def cost(self, attempt: AttemptRecord, model: str) -> float | None:
+        """USD of one reported attempt; None when the model has no known price."""
+        ...
+
+    def worst(self, model: str, input_tokens: int, max_output: int, batch: bool) -> float | None:
+        """The most a request of ``input_tokens`` that may write ``max_output`` tokens can cost."""
+        ...
+
+    def least(self, model: str, input_tokens: int) -> float | None:
+        """The least a request of ``input_tokens`` can cost (all of it read from the prompt cache)."""
+        ...
 
 
 class Memory(Protocol):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .audit import verdict_schema
-from .cost import estimate_range
+from .cost import token_range
 from .fingerprint import digest, request_fingerprint
 from .outcomes import Progress, StageInput
 from .params import param_text
@@ -134,8 +134,12 @@ def request_builder(
     workflow = plan.workflow
     rendered = {agent.agent: agent for agent in prepared.compiled.rendered if not agent.coordinator}
     system_sha = {name: digest(agent.text, 64) for name, agent in rendered.items()}
+    brief_sha = {name: digest(agent.brief, 64) for name, agent in rendered.items()}
     agent_inputs = {
-        name: {"system": system_sha[name][:16], **{f"source:{src}": digest(data) for src, data in agent.sources}}
+        name: {
+            "system": digest(system_sha[name] + brief_sha[name]),
+            **{f"source:{src}": digest(data) for src, data in agent.sources},
+        }
         for name, agent in rendered.items()
     }
     verdict = verdict_schema()
@@ -299,8 +303,12 @@ def request_builder(
             prompt=message,
             max_tokens=workflow.defaults.max_tokens,
             task=prepared.task,
-            structured=verdict if audit else None,
-            output_schema=schema,
+            output_schema=verdict if audit else schema,
+            verdict=audit,
+            brief=rendered[agent].brief,
+            effort=plan.effort_for_agent(agent),
+            thinking=plan.thinking_for_agent(agent),
+            batch=stage.batch,
             tools=tuple(tools),
             max_turns=plan.max_turns_for(spec_id) if tools else 1,
             bash=permissions.bash if "bash" in tools else (),
@@ -310,9 +318,13 @@ def request_builder(
         extra = request.settings()
         if extra:
             inputs["settings"] = digest(json.dumps([inputs["settings"], extra], sort_keys=True))
-        cost = estimate_range(len(request.system) + len(message), request.max_tokens, models[spec_id], workflow.pricing)
-        fingerprint = digest(request_fingerprint(request, system_sha[agent]) + runner_keys[spec_id], 64)
-        return StageInput(request, inputs, fingerprint, cost[0] if cost else 0.0)
+        # The fewest tokens it can send: the budget's check before a stage starts prices them at the cheapest
+        # (read from the cache); each request's worst case is reserved when it is sent.
+        low, _ = token_range(len(request.brief) + len(request.system) + len(message))
+        fingerprint = digest(
+            request_fingerprint(request, system_sha[agent], brief_sha[agent]) + runner_keys[spec_id], 64
+        )
+        return StageInput(request, inputs, fingerprint, low)
 
     def shell_input(sid: str, spec_id: str, progress: Progress) -> StageInput:
         stage = plan.stages[spec_id]

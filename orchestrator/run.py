@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .approvals import Approvals
 from .audit import Finding
 from .compiler import Compiled, compile_workflow
-from .cost import estimate, price_for
+from .cost import Pricing, has_price
 from .engine import EngineOptions, RunControl, RunOutcome, execute
 from .errors import StateError, UsageError
 from .events import Listener
@@ -229,7 +229,7 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
 
 def _check_priced(pricing: Mapping[str, Any], models: Sequence[str]) -> None:
     for model in dict.fromkeys(models):
-        if price_for(model, pricing) is None:
+        if not has_price(model, pricing):
             raise UsageError(
                 f"a budget is set, but orchestrate knows no price for model {model!r}, so it can't keep to it",
                 hint=f"add its price to the workflow: pricing: {{{model}: {{input: 3.0, output: 15.0}}}} (USD per "
@@ -268,6 +268,8 @@ class Session:
     round: int = 1
     changes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    # Batches an earlier run submitted and never collected: stage -> (fingerprint, batch id, custom id).
+    batches: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     @property
     def rejected(self) -> dict[str, str]:
@@ -333,6 +335,11 @@ def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str 
                 rejected=rejected,
             )
     sources = _sources(prepared)
+    batches: dict[str, tuple[str, str, str]] = {}
+    if previous is not None and same_workflow:
+        for sid, stage in previous.stages.items():
+            if stage.batch is not None and stage.status != "succeeded":
+                batches[sid] = (stage.batch.fingerprint, stage.batch.id, stage.batch.custom_id)
     feedback: dict[str, list[Finding]] = {}
     if resume and previous is not None:
         feedback = {sid: list(stage.feedback) for sid, stage in previous.stages.items() if stage.feedback}
@@ -347,6 +354,7 @@ def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str 
         round=previous.round if resume and previous is not None else 1,
         changes=changes_since(previous, prepared, sources),
         sources=sources,
+        batches=batches,
     )
 
 
@@ -370,7 +378,7 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
         old = previous.stages.get(sid) if previous is not None and same else None
         if old is not None:
             keep = {"status", "reason", "reused", "from_run", "round", "output", "fingerprint", "inputs"}
-            keep |= {"output_sha256", "error", "approval", "started", "finished", "duration"}
+            keep |= {"output_sha256", "error", "approval", "started", "finished", "duration", "batch"}
             if resume:
                 keep |= {"tries", "attempts", "tokens", "cost_usd", "feedback"}
             fresh = fresh.model_copy(update={name: getattr(old, name) for name in keep})
@@ -466,7 +474,6 @@ async def run_async(
             plan,
             prepared.root,
             prepared.compiled.renderer,
-            prepared.compiled.schemas,
             params=prepared.params,
             task=prepared.task,
             ignore=_inside(prepared.root, prepared.folder.parent, prepared.record),
@@ -491,7 +498,7 @@ async def run_async(
                     only=frozenset(prepared.only) if prepared.only else None,
                     resumed=session.resume,
                 ),
-                price=lambda usage, model: estimate(usage, model, pricing),
+                price=Pricing(pricing),
                 clock=clock,
                 memory=session.memo,
                 gates=session.approvals,
@@ -500,6 +507,7 @@ async def run_async(
                 guard=guard,
                 condition=decide_condition(prepared),
                 expand=foreach_items(prepared),
+                batches=session.batches,
             )
         finally:
             await runner_for.aclose()
@@ -552,11 +560,13 @@ class RunnerChoice:
             return cls(_cli_agents(prepared), prepared.root, prepared.environ)
         from .runners.anthropic import AnthropicRunner, WorkspaceSetup  # slow to import: only for real runs
         from .runners.recording import Recorder, Replayer
+        from .runners.warmup import CacheWarmer
 
         return AnthropicRunner(
             workspace=WorkspaceSetup(prepared.root, prepared.environ, prepared.folder / "stages"),
             recorder=Recorder(prepared.record) if prepared.record is not None else None,
             replayer=Replayer(prepared.replay) if prepared.replay is not None else None,
+            warmer=CacheWarmer(prepared.compiled.plan.workflow.defaults.cache_warmup),
         )
 
     def __call__(self, sid: str) -> Runner:

@@ -35,6 +35,7 @@ from .events import (
     ApprovalRequested,
     AttemptFinished,
     AuditRound,
+    BatchSubmitted,
     Event,
     RunFinished,
     RunStarted,
@@ -105,6 +106,15 @@ class AttemptState(BaseModel):
     error: str | None = None
     status_code: int | None = None
     request_id: str | None = None
+    batch: bool = False  # sent through the Message Batches API
+
+
+class BatchState(BaseModel):
+    """A ``batch: true`` stage's submitted batch: a resumed run collects it rather than sending the request again."""
+
+    id: str
+    custom_id: str
+    fingerprint: str  # the request in it
 
 
 class ApprovalState(BaseModel):
@@ -168,6 +178,7 @@ class StageState(BaseModel):
     item: Any = None  # an instance's item
     conditional: bool = False  # skipped because its ``if`` was false
     notes: list[NoteState] = Field(default_factory=list)
+    batch: BatchState | None = None  # the Message Batch holding its request, while one may be pending
 
 
 class RunState(BaseModel):
@@ -356,11 +367,14 @@ def apply_event(state: RunState, event: Event) -> None:
                 error=record.error,
                 status_code=record.status_code,
                 request_id=record.request_id,
+                batch=record.batch,
             )
         )
         # Stage and run totals follow every attempt, so an interrupted run still shows what it spent.
         stage.tokens, stage.cost_usd = _added(stage.tokens, stage.cost_usd, record.usage, event.cost_usd)
         state.tokens, state.cost_usd = _added(state.tokens, state.cost_usd, record.usage, event.cost_usd)
+    elif isinstance(event, BatchSubmitted):
+        stage.batch = BatchState(id=event.batch_id, custom_id=event.custom_id, fingerprint=event.fingerprint)
     elif isinstance(event, StageRetrying):
         stage.tries = event.attempt + 1
         stage.error = f"try {event.attempt} failed: {event.error}"
@@ -376,6 +390,8 @@ def apply_event(state: RunState, event: Event) -> None:
             state.audit = Verdict.model_validate(event.data)
     elif isinstance(event, StageFailed):
         stage.status = "interrupted" if event.interrupted else "failed"
+        if not event.interrupted:
+            stage.batch = None  # its batch ended and failed it: a rerun sends a new one
         stage.finished = timestamp(event.time)
         stage.duration = event.duration
         stage.error = event.error

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import Location
+from .models import Effort, Thinking
 from .scopes import scope_problem
 
 __all__ = [
@@ -207,6 +208,23 @@ class Defaults(_Model):
         description="Model turns a tool-using stage may take before it fails, so tool loops end (1 to 1000). "
         "Default: 30.",
     )
+    effort: Effort | None = Field(
+        None,
+        description="How hard models think and how much they write: low, medium, high, xhigh or max (the levels "
+        "a model takes depend on it), sent as output_config.effort. An agent's effort overrides it. "
+        "Default: unset (each model's own default).",
+    )
+    thinking: Thinking | None = Field(
+        None,
+        description="adaptive: the model thinks before it answers where it decides to; off: it answers at once "
+        "(refused for models that always think). An agent's thinking overrides it. Default: unset (each model's "
+        "own default).",
+    )
+    cache_warmup: bool = Field(
+        True,
+        description="Stages of one agent that start together wait for the first one's reply to begin, so they "
+        "read its prompt from the cache instead of each paying to write it. Default: true.",
+    )
 
 
 class Price(_Model):
@@ -219,6 +237,12 @@ class Price(_Model):
     )
     cache_write: float | None = Field(
         None, ge=0, description="USD per million tokens written to the prompt cache. Default: 125% of input."
+    )
+    batch: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="What batch: true requests cost, as a share of these prices, e.g. 0.5. Default: 0.5.",
     )
 
 
@@ -432,6 +456,17 @@ class AgentSpec(_Model):
         description="What the agent's bash tool may run, e.g. {bash: [pytest]}; replaces the workflow's "
         "permissions. Default: the workflow's permissions.",
     )
+    effort: Effort | None = Field(
+        None,
+        description="How hard the agent's model thinks and how much it writes: low, medium, high, xhigh or max, "
+        "e.g. low for quick edits. Also written into the agent's Claude Code and OpenCode files. "
+        "Default: defaults.effort.",
+    )
+    thinking: Thinking | None = Field(
+        None,
+        description="adaptive or off: whether the agent's model thinks before answering, where the model lets you "
+        "choose. Default: defaults.thinking.",
+    )
 
     @model_validator(mode="after")
     def _tools_unique(self) -> AgentSpec:
@@ -560,6 +595,11 @@ class _StagePolicy(_Model):
         description="Name instances by this field of each item (<id>[<value>]) instead of by position, e.g. name. "
         "Default: by position.",
     )
+    batch: bool = Field(
+        False,
+        description="Send the stage's request through the Message Batches API: half the price, but results can "
+        "take minutes to hours; for stages without tools that can wait, such as foreach instances. Default: false.",
+    )
     condition: StrictStr | None = Field(
         None,
         alias="if",
@@ -576,13 +616,15 @@ class _StagePolicy(_Model):
         return self.approval if isinstance(self.approval, str) else ""
 
 
-_AGENT_ONLY = ("prompt", "model", "runner", "permissions", "output_schema")
+_AGENT_ONLY = ("prompt", "model", "runner", "permissions", "output_schema", "batch")
 
 
 def _check_kind(stage: _StagePolicy, agent: str | None, prompt: str | None, model: str | None) -> None:
     """One of three kinds: an agent runs it, a shell command runs it, or a person approves it."""
     values: dict[str, Any] = {
-        **{name: getattr(stage, name) for name in ("retries", "runner", "permissions", "output_schema", "run")},
+        **{
+            name: getattr(stage, name) for name in ("retries", "runner", "permissions", "output_schema", "run", "batch")
+        },
         "agent": agent,
         "prompt": prompt,
         "model": model,

@@ -225,10 +225,10 @@ def test_a_failed_audit_sends_the_owning_stages_back_with_its_findings(
         "findings": [{"stage": "backend", "severity": "critical", "title": "Plain-text passwords", "fix": "Hash"}],
         "checklist": [],
     }
-    api.reply(when="The backend stores passwords", tool_use={"name": "submit_verdict", "input": VERDICT_PASS})
+    api.reply(json.dumps(VERDICT_PASS), when="The backend stores passwords")
     api.reply("BACKEND WITH HASHING", when="The audit sent this stage back")
     replies(api)
-    api.reply(when=at("audit"), tool_use={"name": "submit_verdict", "input": failing}, times=1)
+    api.reply(json.dumps(failing), when=at("audit"), times=1)
     api.rules.insert(2, api.rules.pop())  # the failing verdict comes first, once
     result = cli(*RUN, cwd=project.root)
     assert result.code == 0, result.out
@@ -253,7 +253,7 @@ def test_with_one_round_a_failed_audit_fails_the_run(api: FakeAnthropic, feature
         "summary": "no",
         "findings": [{"stage": "backend", "severity": "major", "title": "x"}],
     }
-    api.reply(when=at("audit"), tool_use={"name": "submit_verdict", "input": failing})
+    api.reply(json.dumps(failing), when=at("audit"))
     api.rules.insert(0, api.rules.pop())
     result = cli(*RUN, cwd=feature.root)
     assert result.code == 1
@@ -276,25 +276,29 @@ def test_with_one_round_a_failed_audit_fails_the_run(api: FakeAnthropic, feature
 def test_the_budget_stops_new_stages_and_a_raised_budget_continues(
     api: FakeAnthropic, feature: TempProject, cli: CliRunner
 ) -> None:
+    feature.workflow(FEATURE.replace("  max_parallel: 4\n", "  max_parallel: 4\n  max_tokens: 2000\n"))
     replies(api)
-    for rule in api.rules:  # each reply costs 1M input tokens: $5 on opus (plan), $3 on sonnet
-        rule.usage = {**rule.usage, "input_tokens": 1_000_000}
-    stopped = cli(*RUN, "--budget", "6", cwd=feature.root)
+    for rule in api.rules:  # every reply writes all 2,000 tokens it may: $0.04 on opus (plan), $0.02 on sonnet
+        rule.usage = {"output_tokens": 2000}
+    stopped = cli(*RUN, "--budget", "0.07", cwd=feature.root)
     assert stopped.code == 4, stopped.out
     saved = state_of(feature)
     assert saved["status"] == "budget_exceeded"
-    assert "the run's budget of $6.00 would be exceeded" in saved["note"]
-    assert saved["stages"]["integrate"]["status"] == "pending" and saved["stages"]["audit"]["status"] == "pending"
-    # plan ($5 on opus) left $1, enough to start backend and frontend ($3 each, in parallel); in-flight
-    # stages finish, then nothing new starts.
+    assert "the run's budget of $0.07 would be exceeded" in saved["note"]
+    # Each request's worst case is reserved before it is sent, so the run ends at or under its budget.
     spent = saved["cost_usd"]
-    assert spent == pytest.approx(11, abs=0.01)
-    assert requested(api) == ["backend", "frontend", "plan"]
+    assert 0.04 < spent <= 0.07
+    assert saved["stages"]["plan"]["status"] == "succeeded"
+    assert saved["stages"]["audit"]["status"] == "pending"
     assert "Raise `budget.usd` in the workflow (or pass `--budget USD`)" in stopped.out
+    done_before = {sid for sid, stage in saved["stages"].items() if stage["status"] == "succeeded"}
     more = cli(*RUN, "--budget", "100", cwd=feature.root)
-    assert more.code == 0
-    assert requested(api) == ["audit", "backend", "frontend", "integrate", "plan"]  # finished stages kept
-    assert state_of(feature)["cost_usd"] == pytest.approx(spent + 3 + 5, abs=0.01)  # one ledger for the run
+    assert more.code == 0, more.out
+    again = [stage_of(r) for r in api.messages()]
+    assert all(again.count(sid) == 1 for sid in done_before)  # finished stages kept, not paid for twice
+    total = sum(stage["cost_usd"] for stage in state_of(feature)["stages"].values())
+    assert state_of(feature)["cost_usd"] == pytest.approx(total, abs=1e-6)  # one ledger for the run
+    assert state_of(feature)["cost_usd"] > spent
 
 
 def test_retries_timeout_and_continue_on_failure(api: FakeAnthropic, project: TempProject, cli: CliRunner) -> None:
@@ -432,8 +436,10 @@ def test_plan_forecasts_without_requests_and_explain_says_why(
     assert actions["plan"][0] == "keep" and actions["backend"][0] == "keep"
     assert actions["frontend"] == ("run", "instructions changed: content/instructions/frontend.md")
     assert actions["integrate"][0] == "run" and "upstream frontend will run" in actions["integrate"][1]
-    assert data["stages"][2]["prompt_chars"] > 100 and data["cost_usd"][0] < data["cost_usd"][1]
-    assert len(api.messages()) == 5  # plan made no request
+    assert data["stages"][2]["prompt_chars"] > 100 and data["cost_range"][0] < data["cost_usd"] < data["cost_range"][1]
+    assert len(api.messages()) == 5  # plan made no request to the model...
+    assert data["counted"] is True  # ...but had the free token-counting endpoint count its prompts
+    assert any(r.path.startswith("/v1/messages/count_tokens") for r in api.requests)
 
     explained = cli("explain", "add-login", "backend", cwd=feature.root)
     assert explained.code == 0

@@ -52,11 +52,28 @@ def build(plan: Plan):  # type: ignore[no-untyped-def]
                 prompt=json.dumps(upstream),
                 max_tokens=100,
                 task="t",
-                structured=verdict_schema() if sid == plan.audit_stage else None,
+                output_schema=verdict_schema() if sid == plan.audit_stage else None,
+                verdict=sid == plan.audit_stage,
             )
         )
 
     return builder
+
+
+class PerInputToken:
+    """A price of ``usd`` per input token, nothing else: costs the tests can work out by hand."""
+
+    def __init__(self, usd: float) -> None:
+        self.usd = usd
+
+    def cost(self, attempt: AttemptRecord, model: str) -> float:
+        return attempt.usage.input_tokens * self.usd
+
+    def worst(self, model: str, input_tokens: int, max_output: int, batch: bool) -> float:
+        return input_tokens * self.usd
+
+    def least(self, model: str, input_tokens: int) -> float:
+        return input_tokens * self.usd
 
 
 def run(plan: Plan, runner: Any, *, max_parallel: int = 4, timeout: float | None = None) -> tuple[RunOutcome, Recorder]:
@@ -68,7 +85,7 @@ def run(plan: Plan, runner: Any, *, max_parallel: int = 4, timeout: float | None
             runner_for=lambda sid: runner,
             listeners=[recorder],
             options=EngineOptions(max_parallel=max_parallel, stage_timeout=timeout),
-            price=lambda usage, model: usage.input_tokens / 1000,
+            price=PerInputToken(1 / 1000),
         )
     )
     return outcome, recorder
@@ -231,7 +248,7 @@ def test_cancelling_a_run_marks_it_interrupted() -> None:
                 runner_for=lambda sid: OfflineRunner(latency={"b": 10}),
                 listeners=[recorder],
                 options=EngineOptions(max_parallel=2),
-                price=lambda usage, model: 0.0,
+                price=PerInputToken(0.0),
             )
         )
         while not any(isinstance(e, StageStarted) and e.stage == "b" for e in recorder.events):

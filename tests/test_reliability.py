@@ -29,7 +29,7 @@ import pytest
 from orchestrator.state import recover_state
 
 from .conftest import FEATURE, TempProject
-from .fake_anthropic import DEFAULT_VERDICT, FakeAnthropic
+from .fake_anthropic import DEFAULT_USAGE, DEFAULT_VERDICT, FakeAnthropic
 
 STAGES = ("plan", "backend", "frontend", "integrate", "audit")
 KEY = "test-key-not-a-secret"
@@ -104,7 +104,7 @@ VERDICT = {**DEFAULT_VERDICT, "summary": "Crash test: every stage's output arriv
 
 
 def expected_file(sid: str) -> str:
-    return "" if sid == "audit" else REPLIES[sid] + "\n"
+    return json.dumps(VERDICT) + "\n" if sid == "audit" else REPLIES[sid] + "\n"
 
 
 def finished_by_log(folder: Path, events: list[dict[str, Any]]) -> dict[str, str]:
@@ -343,7 +343,7 @@ def test_sigkill_at_random_moments_never_loses_or_redoes_finished_work(
 ) -> None:
     for sid in STAGES[:-1]:
         fake.reply(REPLIES[sid], when=at(sid), delay=DELAYS[sid])
-    fake.reply(when=at("audit"), delay=DELAYS["audit"], tool_use={"name": "submit_verdict", "input": VERDICT})
+    fake.reply(json.dumps(VERDICT), when=at("audit"), delay=DELAYS["audit"])
     env = {**os.environ, "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": KEY}
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -394,7 +394,7 @@ OVERLOADED = {"status": 529, "error": "overloaded_error"}
 SERVER_ERROR = {"status": 500, "error": "api_error"}
 REPLY_USAGE = {"input_tokens": 1000, "output_tokens": 200}  # the faulted stage's good reply
 START_USAGE = {"input_tokens": 100, "output_tokens": 50}  # its broken reply: message_start says 100 in, 1 out
-PRICES = {"plan": (5.0, 25.0), "audit": (5.0, 25.0)}  # opus; the other stages run on sonnet: (3, 15)
+PRICES = {"plan": (4.0, 20.0), "audit": (4.0, 20.0)}  # opus 5.5; the other stages run on sonnet 5.5: (2, 10)
 CONNECTION = r"(?i)connection|closed|incomplete|peer|protocol"
 
 
@@ -408,12 +408,12 @@ class Try:
     error: str | None = None  # a regex its error must match; None: it succeeded
 
     def cost(self, sid: str) -> float:
-        price_in, price_out = PRICES.get(sid, (3.0, 15.0))
+        price_in, price_out = PRICES.get(sid, (2.0, 10.0))
         return (self.input * price_in + self.output * price_out) / 1e6
 
 
 OK = Try(None, 1000, 200)
-DEFAULT_OK = Try(None, 10, 5)  # the fake's reply to the stages a scenario leaves alone
+DEFAULT_OK = Try(None, 10, 5)  # the reply to the stages a scenario leaves alone (DEFAULT_USAGE)
 
 
 @dataclass(frozen=True)
@@ -646,9 +646,12 @@ def test_api_faults_end_every_run_with_an_accurate_state(
         task = tasks[scenario.name]
         for fault in scenario.faults:
             fake.reply(when=of_task(task, scenario.stage), **fault)
+        for sid in STAGES:  # the stages the scenario leaves alone: a reply of known usage
+            if sid != scenario.stage:
+                text = json.dumps(DEFAULT_VERDICT) if sid == "audit" else f"{sid} done"
+                fake.reply(text, when=of_task(task, sid), usage=DEFAULT_USAGE)
         if scenario.stage == "audit":
-            good = {"tool_use": {"name": "submit_verdict", "input": DEFAULT_VERDICT}}
-            fake.reply(when=of_task(task, "audit"), usage=REPLY_USAGE, **good)
+            fake.reply(json.dumps(DEFAULT_VERDICT), when=of_task(task, "audit"), usage=REPLY_USAGE)
         else:
             fake.reply(f"{scenario.stage} done", when=of_task(task, scenario.stage), usage=REPLY_USAGE)
     env = {**os.environ, "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": KEY}

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+from orchestrator.cost import Pricing
 from orchestrator.engine import EngineOptions, execute
 from orchestrator.graph import build_plan
 from orchestrator.loader import parse_workflow
@@ -41,7 +42,7 @@ def test_a_big_run_rewrites_the_markdown_a_few_times_not_once_per_event(project:
             runner_for=lambda sid: OfflineRunner(),
             listeners=[store],
             options=EngineOptions(max_parallel=64),
-            price=lambda usage, model: 0.0,
+            price=Pricing(),
         )
         store.close()
 

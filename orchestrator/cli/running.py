@@ -164,8 +164,9 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
 @click.option("--approve-all", is_flag=True, help="Count approval gates as approved.")
 @click.option("--json", "as_json", is_flag=True, help="Print the forecast as JSON.")
 def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int:
-    """Show what `run` would do, without calling any API: the waves, which stages run or are kept
-    and why, prompt sizes, and estimated tokens and cost, checked against the budget."""
+    """Show what `run` would do and cost, calling no model: the waves, which stages run or are kept and
+    why, prompt sizes, and expected tokens and cost (prompt cache included), checked against the budget.
+    With ANTHROPIC_API_KEY set, prompts are counted by the API's free token-counting endpoint."""
     with _paused_gc():
         from ..forecast import forecast_run
         from ..report import format_cost
@@ -173,7 +174,12 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
 
     project = _project(workflow, root)
     prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
-    forecast = forecast_run(prepared)
+    counter = None
+    if not prepared.offline and (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+        from ..runners.anthropic import token_counter
+
+        counter = token_counter()
+    forecast = forecast_run(prepared, counter)
     if as_json:
         click.echo(
             json.dumps(
@@ -182,6 +188,7 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
                     "task": prepared.task,
                     "resume": forecast.resume,
                     "changes": forecast.changes,
+                    "counted": forecast.counted,
                     "stages": [
                         {
                             "stage": f.stage,
@@ -190,11 +197,14 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
                             "reason": f.reason,
                             "prompt_chars": f.prompt_chars,
                             "tokens": list(f.tokens) if f.tokens else None,
-                            "cost_usd": list(f.cost_usd) if f.cost_usd else None,
+                            "cached_tokens": f.cached_tokens,
+                            "cost_usd": f.cost_usd,
+                            "cost_range": list(f.cost_range) if f.cost_range else None,
                         }
                         for f in forecast.stages
                     ],
-                    "cost_usd": list(forecast.cost_usd) if forecast.cost_usd else None,
+                    "cost_usd": forecast.cost_usd,
+                    "cost_range": list(forecast.cost_range) if forecast.cost_range else None,
                     "budget_usd": forecast.budget_usd,
                     "spent_usd": forecast.spent_usd,
                     "budget_check": forecast.budget_check or None,
@@ -212,26 +222,31 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
     for change in forecast.changes:
         click.echo(f"Since the last run: {change}")
     width = max(len(f.stage) for f in forecast.stages)
-    click.echo(
-        f"  {'wave':<4}  {'stage':<{width}}  {'action':<6}  {'prompt':>9}  {'tokens (in+out)':>17}  {'cost':>17}  why"
-    )
+    head = f"  {'wave':<4}  {'stage':<{width}}  {'action':<6}  {'prompt':>9}  {'in (cached)':>15}  {'out':>6}"
+    click.echo(f"{head}  {'cost':>9}  why")
     for f in forecast.stages:
         prompt = f"{f.prompt_chars:,} ch" if f.prompt_chars is not None else "-"
-        tokens = f"{_k(f.tokens[0])}-{_k(f.tokens[1])}" if f.tokens else "-"
+        tokens_in = f"{_k(f.tokens[0])} ({_k(f.cached_tokens)})" if f.tokens else "-"
+        tokens_out = _k(f.tokens[1]) if f.tokens else "-"
         if f.action == "keep":
             cost = "$0"
-        elif f.cost_usd:
-            cost = f"{format_cost(f.cost_usd[0])}-{format_cost(f.cost_usd[1])}"
+        elif f.cost_usd is not None:
+            cost = format_cost(f.cost_usd)
         else:
             cost = "-"
         click.echo(
-            f"  {f.wave:<4}  {f.stage:<{width}}  {f.action:<6}  {prompt:>9}  {tokens:>17}  {cost:>17}  {f.reason}"
+            f"  {f.wave:<4}  {f.stage:<{width}}  {f.action:<6}  {prompt:>9}  {tokens_in:>15}  {tokens_out:>6}  "
+            f"{cost:>9}  {f.reason}"
         )
-    total = (
-        f"{format_cost(forecast.cost_usd[0])} to {format_cost(forecast.cost_usd[1])}"
-        if forecast.cost_usd
-        else forecast.unknown_cost
-    )
+    if forecast.cost_range is not None and forecast.cost_usd is not None:
+        low, high = forecast.cost_range
+        how_counted = "prompts counted by the API" if forecast.counted else "prompts guessed from their length"
+        total = (
+            f"about {format_cost(forecast.cost_usd)} (likely {format_cost(low)} to {format_cost(high)}; "
+            f"{how_counted}, replies at typical lengths)"
+        )
+    else:
+        total = forecast.unknown_cost
     click.echo(f"Estimated cost of this run: {total}")
     if forecast.budget_usd is not None:
         spent = f", {format_cost(forecast.spent_usd)} already spent" if forecast.spent_usd else ""

@@ -11,7 +11,7 @@ with tools in a confined workspace; imported only when used), ``shell`` (a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +20,8 @@ from ..errors import RunnerError
 __all__ = [
     "AttemptRecord",
     "AttemptReporter",
+    "BudgetExhausted",
+    "Meter",
     "Runner",
     "ShellCommand",
     "StageFailure",
@@ -72,10 +74,17 @@ class StageRequest:
     prompt: str
     max_tokens: int
     task: str
-    # The JSON Schema of the audit verdict, asked for as a forced tool call; None for other stages.
-    structured: dict[str, Any] | None = None
-    # The JSON Schema of a structured output (a stage's output_schema); None for free text.
+    # The JSON Schema the reply must match: the audit verdict's, or the stage's output_schema; None for free text.
     output_schema: dict[str, Any] | None = None
+    # The audit stage: its reply is the verdict.
+    verdict: bool = False
+    # Text every agent of the workflow shares, sent before ``system`` (the agent's own) so it is cached across agents.
+    brief: str = ""
+    # Reasoning depth and thinking, as the workflow sets them for the agent (None: the model's default).
+    effort: str | None = None
+    thinking: str | None = None
+    # Send through the Message Batches API (half price, results within hours).
+    batch: bool = False
     # Tools the model may call in the workspace (read, edit, search, bash), and its turn limit.
     tools: tuple[str, ...] = ()
     max_turns: int = 1
@@ -91,6 +100,12 @@ class StageRequest:
         out: dict[str, Any] = {}
         if self.output_schema is not None:
             out["output_schema"] = self.output_schema
+        if self.verdict:
+            out["verdict"] = True
+        if self.effort is not None:
+            out["effort"] = self.effort
+        if self.thinking is not None:
+            out["thinking"] = self.thinking
         if self.tools:
             out["tools"] = list(self.tools)
             out["max_turns"] = self.max_turns
@@ -112,9 +127,28 @@ class AttemptRecord:
     error: str | None = None
     status_code: int | None = None
     request_id: str | None = None
+    batch: bool = False  # sent through the Message Batches API (billed at the batch price)
 
 
 AttemptReporter = Callable[[AttemptRecord], None]
+
+
+@dataclass
+class Meter:
+    """What the run hands a runner for one stage, besides the request: where each attempt is reported
+    (``meter(attempt)``), and, when a budget is in force, ``reserve`` to call before each paid request
+    with its input tokens as counted and its most output tokens: it returns once the worst case fits
+    the budget (waiting for requests in flight to settle) or raises ``BudgetExhausted``; the next
+    reported attempt settles the reservation. ``batched`` records a submitted batch at once, so an
+    interrupted run can collect it; ``batch`` is one an earlier run submitted for this very request."""
+
+    report: AttemptReporter
+    reserve: Callable[[int, int, bool], Awaitable[None]] | None = None
+    batched: Callable[[str, str], None] | None = None
+    batch: tuple[str, str] | None = None  # (batch id, custom id)
+
+    def __call__(self, attempt: AttemptRecord) -> None:
+        self.report(attempt)
 
 
 @dataclass(frozen=True)
@@ -128,6 +162,10 @@ class StageResult:
 
 class StageFailure(RunnerError):
     """The runner gave up on a stage (after its retries); the message says why."""
+
+
+class BudgetExhausted(RunnerError):
+    """The next request's worst case does not fit the budget, and no request in flight can free room."""
 
 
 class Runner(Protocol):

@@ -182,7 +182,7 @@ class _CliRunner:
         report(record(outcome, problem))
         if problem is None:
             data = outcome.data
-            if data is None and (request.structured or request.output_schema) is not None:
+            if data is None and request.output_schema is not None:
                 with contextlib.suppress(ValueError):
                     parsed = parse_structured(outcome.text)
                     data = parsed if isinstance(parsed, dict) else None
@@ -229,9 +229,8 @@ class ClaudeCodeRunner(_CliRunner):
         argv = [self.executable, "--print", "--output-format", "json", "--agents", str(agents_file)]
         argv += ["--agent", agent.name, "--model", request.model, "--permission-mode", self.permission_mode]
         argv += ["--permission-prompts", "none"]
-        schema = request.structured if request.structured is not None else request.output_schema
-        if schema is not None:
-            argv += ["--json-schema", json.dumps(schema)]
+        if request.output_schema is not None:
+            argv += ["--json-schema", json.dumps(request.output_schema)]
         return argv, {**CLAUDE_ENV, **self.environ}
 
     def _parse(self, stdout: str) -> _Outcome:

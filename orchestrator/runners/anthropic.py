@@ -4,13 +4,17 @@ A stage is one streamed request (long replies don't hit the non-streaming
 limits), or, for an agent with tools, a loop of them: the model's tool calls
 run in the confined workspace (``tools``) and their results go back, until the
 model ends its turn or ``max_turns`` is reached. Every turn is appended to the
-stage's transcript (``stages/<id>.transcript.jsonl``). The system prompt is the
-agent's rendered instructions, marked for prompt caching. A stage with an
-``output_schema`` asks for structured output and gets its JSON back as data.
+stage's transcript (``stages/<id>.transcript.jsonl``). The body of each request
+comes from ``api_request`` (what the model accepts, prompt caching, structured
+outputs); a ``batch: true`` stage goes through the Message Batches API instead
+(``batches``). Stages that start together with one prompt prefix take turns to
+write it to the cache (``warmup``).
 
 The SDK's own retries are off so that every attempt is seen and counted here:
 429, 5xx, overloaded and connection errors are retried with exponential
-backoff, honouring ``retry-after``. The client is the SDK's, so
+backoff, honouring ``retry-after`` and the API's ``x-should-retry``. With a
+budget in force, each request's worst case is reserved first (its input counted
+by the token-counting endpoint). The client is the SDK's, so
 ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL`` work exactly as they do for
 the SDK. With a ``Recorder`` every exchange is saved; with a ``Replayer`` no
 client is made at all and replies come from the recording.
@@ -24,7 +28,7 @@ import importlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -32,13 +36,16 @@ from typing import Any
 
 import anthropic
 
-from ..audit import VERDICT_TOOL
+from ..api_request import prefix_key, request_body
+from ..models import facts_for
 from ..tools import call_tool, tool_definitions
 from ..workspace import BashPolicy, Workspace
-from . import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult, Usage
+from . import AttemptRecord, AttemptReporter, Meter, StageFailure, StageRequest, StageResult, Usage
+from .batches import BatchPolicy, run_batched
 from .recording import Recorder, Replayer
+from .warmup import CacheWarmer, Turn
 
-__all__ = ["AnthropicRunner", "RetryPolicy"]
+__all__ = ["AnthropicRunner", "RetryPolicy", "token_counter"]
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -54,8 +61,14 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (anthropic.APIConnectionError, *_transport_errors())
+COUNT_ERRORS: tuple[type[BaseException], ...] = (anthropic.APIError, *TRANSPORT_ERRORS)
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 RETRY_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
+# What the token-counting endpoint takes of a request body.
+COUNT_FIELDS = ("model", "system", "messages", "tools", "thinking", "output_config", "cache_control")
+# What counting tokens adds at most on top of a request's bytes when the counting endpoint can't be reached:
+# a token is at least one byte, and the API adds a system prompt of its own for tools and output formats.
+COUNT_MARGIN = 2048
 
 
 class _Retry(Exception):
@@ -91,6 +104,8 @@ class AnthropicRunner:
         workspace: WorkspaceSetup | None = None,
         recorder: Recorder | None = None,
         replayer: Replayer | None = None,
+        warmer: CacheWarmer | None = None,
+        batches: BatchPolicy | None = None,
     ) -> None:
         self.replayer = replayer
         # max_retries=0: this runner retries, so it can count and report every attempt. A replay needs no client.
@@ -99,6 +114,8 @@ class AnthropicRunner:
         self.sleep = sleep
         self.workspace = workspace
         self.recorder = recorder
+        self.warmer = warmer or CacheWarmer()
+        self.batches = batches or BatchPolicy()
 
     async def aclose(self) -> None:
         """Close the HTTP client (if one was made): done by the run, on the loop that used it."""
@@ -111,33 +128,14 @@ class AnthropicRunner:
             self._client = anthropic.AsyncAnthropic(max_retries=0)
         return self._client
 
-    def _arguments(self, request: StageRequest) -> dict[str, Any]:
-        arguments: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_tokens,
-            "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
-            "messages": [{"role": "user", "content": request.prompt}],
-        }
-        policy = BashPolicy(allow=request.bash, shell=request.shell, timeout=request.bash_timeout)
-        tools = tool_definitions(request.tools, bash=policy) if request.tools else []
-        if request.structured is not None:
-            tools.append(
-                {
-                    "name": VERDICT_TOOL,
-                    "description": "Submit the audit verdict: pass or fail, the findings and the checklist applied.",
-                    "input_schema": request.structured,
-                }
-            )
-            # With workspace tools the auditor may look around first; without, it answers at once.
-            arguments["tool_choice"] = {"type": "any"} if request.tools else {"type": "tool", "name": VERDICT_TOOL}
-        if tools:
-            arguments["tools"] = tools
-        if request.output_schema is not None:
-            arguments["output_config"] = {"format": {"type": "json_schema", "schema": request.output_schema}}
-        return arguments
-
     async def run(self, request: StageRequest, report: AttemptReporter) -> StageResult:
-        arguments = self._arguments(request)
+        meter = report if isinstance(report, Meter) else Meter(report)
+        policy = BashPolicy(allow=request.bash, shell=request.shell, timeout=request.bash_timeout)
+        body = request_body(request, tool_definitions(request.tools, bash=policy) if request.tools else [])
+        if request.batch and self.replayer is None:
+            message = await run_batched(self, request.stage_id, body, meter)
+            self._record(request.stage_id, body, message)
+            return self._result(request, message)
         transcript = (
             _Transcript(self.workspace.transcripts / f"{request.stage_id}.transcript.jsonl")
             if (self.workspace is not None and self.workspace.transcripts is not None and request.tools)
@@ -148,29 +146,14 @@ class AnthropicRunner:
         if transcript is not None:
             transcript.start(request)
         for turn in range(1, turns + 1):
-            message = await self._exchange(request.stage_id, arguments, report)
+            message = await self._exchange(request.stage_id, body, meter)
             if transcript is not None:
                 transcript.write(turn, "assistant", _dump(message.content), message.stop_reason, message.usage)
-            if message.stop_reason == "max_tokens":
-                raise StageFailure(
-                    f"the reply was cut off at max_tokens ({request.max_tokens}); raise defaults.max_tokens "
-                    "in the workflow"
-                )
-            verdict = next(
-                (
-                    dict(block.input)
-                    for block in message.content
-                    if block.type == "tool_use" and block.name == VERDICT_TOOL and isinstance(block.input, dict)
-                ),
-                None,
-            )
-            calls = [b for b in message.content if b.type == "tool_use" and b.name != VERDICT_TOOL]
-            text = "".join(block.text for block in message.content if block.type == "text")
-            if calls and workspace is not None and verdict is None and turn == turns:
+            calls = [block for block in message.content if block.type == "tool_use"]
+            if not calls or workspace is None or message.stop_reason in ("max_tokens", "refusal"):
+                return self._result(request, message)
+            if turn == turns:
                 break  # no turn is left to show the model what these calls would do: don't make them
-            if verdict is not None or not calls or workspace is None:
-                # A structured output's JSON is parsed and checked by the stage's contract check.
-                return StageResult(output=text, data=verdict, stop_reason=message.stop_reason)
             results = []
             for call in calls:
                 if call.name not in request.tools:
@@ -183,8 +166,8 @@ class AnthropicRunner:
                 )
             if transcript is not None:
                 transcript.write(turn, "user", results)
-            arguments["messages"] = [
-                *arguments["messages"],
+            body["messages"] = [
+                *body["messages"],
                 {"role": "assistant", "content": _dump(message.content)},
                 {"role": "user", "content": results},
             ]
@@ -192,6 +175,18 @@ class AnthropicRunner:
             f"the model was still calling tools after max_turns ({turns}) turns; raise max_turns for the agent "
             "(or defaults.max_turns) if the work needs more"
         )
+
+    @staticmethod
+    def _result(request: StageRequest, message: Any) -> StageResult:
+        """The stage's reply: its text (for a structured reply, the JSON the contract check reads)."""
+        if message.stop_reason == "max_tokens":
+            raise StageFailure(
+                f"the reply was cut off at max_tokens ({request.max_tokens}); raise defaults.max_tokens in the workflow"
+            )
+        if message.stop_reason == "refusal":
+            raise StageFailure("the model declined to answer (stop_reason: refusal)")
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return StageResult(output=text, stop_reason=message.stop_reason)
 
     def _workspace(self, request: StageRequest) -> Workspace:
         if self.workspace is None:
@@ -201,26 +196,61 @@ class AnthropicRunner:
             self.workspace.root, bash=policy, environ=self.workspace.environ, max_output=self.workspace.max_output
         )
 
-    async def _exchange(self, stage: str, arguments: dict[str, Any], report: AttemptReporter) -> Any:
+    def _record(self, stage: str, body: dict[str, Any], message: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.record(stage, body, message.model_dump(mode="json", exclude_none=True))
+
+    async def _exchange(self, stage: str, body: dict[str, Any], meter: Meter) -> Any:
         """One model turn: from the recording when replaying, else a request retried as the policy says."""
         if self.replayer is not None:
             started = time.time()
-            reply = self.replayer.reply(stage, arguments)
+            reply = self.replayer.reply(stage, body)
             message = anthropic.types.Message.model_validate(reply)
-            report(AttemptRecord(1, started, 0.0, _usage(message.usage), request_id="replay"))
+            meter(AttemptRecord(1, started, 0.0, _usage(message.usage), request_id="replay"))
             return message
+        key = prefix_key(body)
+        cacheable = _prefix_tokens(body) >= facts_for(body["model"]).cache_min_tokens
         for number in range(1, self.retry.max_attempts + 1):
+            if meter.reserve is not None:
+                await meter.reserve(await self.count_tokens(body), body["max_tokens"], False)
+            turn = await self.warmer.before(key, cacheable)
             try:
-                message = await self._attempt(number, arguments, report)
+                message = await self._attempt(number, body, meter, turn)
             except _Retry as retry:
+                turn.failed()
                 await self.sleep(retry.delay)
                 continue
-            if self.recorder is not None:
-                self.recorder.record(stage, arguments, message.model_dump(mode="json", exclude_none=True))
+            except BaseException:
+                turn.failed()
+                raise
+            self._record(stage, body, message)
             return message
         raise StageFailure("no attempt was made (max_attempts is 0)")
 
-    async def _attempt(self, number: int, arguments: dict[str, Any], report: AttemptReporter) -> Any:
+    async def count_tokens(self, body: Mapping[str, Any]) -> int:
+        """The input tokens of ``body`` as the token-counting endpoint counts them (free, and at least what is
+        billed); if it can't be reached, an upper bound from the request's size."""
+        counted = await _count(self.client, body)
+        if counted is None:
+            return len(json.dumps(body, ensure_ascii=False).encode("utf-8")) + COUNT_MARGIN
+        return counted
+
+    async def call(self, what: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        """A call other than a streamed message (the batch endpoints), retried as messages are."""
+        for number in range(1, self.retry.max_attempts + 1):
+            try:
+                return await make()
+            except anthropic.APIStatusError as exc:
+                if not (_retryable(exc) and number < self.retry.max_attempts):
+                    raise StageFailure(f"{what}: {_describe(exc, exc.response.headers.get('request-id'))}") from exc
+                await self.sleep(self._delay(number, exc.response.headers))
+            except TRANSPORT_ERRORS as exc:
+                if number >= self.retry.max_attempts:
+                    raise StageFailure(f"{what}: connection failed: {exc}") from exc
+                await self.sleep(self._delay(number, None))
+        raise StageFailure(f"{what}: no attempt was made (max_attempts is 0)")
+
+    async def _attempt(self, number: int, arguments: dict[str, Any], report: AttemptReporter, turn: Turn) -> Any:
         """One streamed request, reported whatever happens; ``_Retry`` when another try is due."""
         started, clock = time.time(), time.monotonic()
         usage, request_id = Usage(), None
@@ -235,6 +265,7 @@ class AnthropicRunner:
                 async for event in stream:
                     if event.type == "message_start":
                         usage = _usage(event.message.usage)
+                        turn.begun()  # the prompt is cached from here on: requests waiting for it may go
                     elif event.type == "message_delta" and event.usage is not None:
                         # Output tokens so far: what a cancelled or cut-off attempt has already cost.
                         usage = Usage(
@@ -277,6 +308,44 @@ class AnthropicRunner:
         return max(0.0, min(wait, self.retry.max_delay))
 
 
+async def _count(client: anthropic.AsyncAnthropic, body: Mapping[str, Any]) -> int | None:
+    """The input tokens of a request body by the token-counting endpoint; None if it can't be reached."""
+    try:
+        counted = await client.messages.count_tokens(**{k: body[k] for k in COUNT_FIELDS if k in body})
+    except COUNT_ERRORS:
+        return None
+    return int(counted.input_tokens)
+
+
+def token_counter(parallel: int = 8) -> Callable[[Sequence[dict[str, Any]]], list[int | None]]:
+    """A function that counts the input tokens of request bodies (for ``plan``), several at a time."""
+
+    def count(bodies: Sequence[dict[str, Any]]) -> list[int | None]:
+        async def all_of_them() -> list[int | None]:
+            client = anthropic.AsyncAnthropic(max_retries=2)
+            gate = asyncio.Semaphore(parallel)
+
+            async def one(body: dict[str, Any]) -> int | None:
+                async with gate:
+                    return await _count(client, body)
+
+            try:
+                return list(await asyncio.gather(*(one(body) for body in bodies)))
+            finally:
+                await client.close()
+
+        return asyncio.run(all_of_them())
+
+    return count
+
+
+def _prefix_tokens(body: Mapping[str, Any]) -> int:
+    """A rough count of the tokens before the conversation (tools and system): about four characters each."""
+    tools = json.dumps(body.get("tools") or [], ensure_ascii=False)
+    system = "".join(block.get("text", "") for block in body.get("system") or [])
+    return (len(tools) + len(system)) // 4
+
+
 def _usage(usage: Any) -> Usage:
     return Usage(
         input_tokens=getattr(usage, "input_tokens", 0) or 0,
@@ -296,6 +365,10 @@ def _error_type(exc: anthropic.APIStatusError) -> str | None:
 
 
 def _retryable(exc: anthropic.APIStatusError) -> bool:
+    """The API's own word first (``x-should-retry``, as the SDK honours it), else the status and error type."""
+    said = exc.response.headers.get("x-should-retry")
+    if said in ("true", "false"):
+        return said == "true"
     return exc.status_code in RETRY_STATUS or _error_type(exc) in RETRY_TYPES
 
 

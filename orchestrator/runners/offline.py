@@ -82,13 +82,7 @@ class OfflineRunner:
                 f"task `{request.task}`. No model was called. Prompt digest: {digest}."
             )
         data: dict[str, Any] | None = None
-        if request.output_schema is not None:
-            given = response.get("data") if isinstance(response, dict) else None
-            sample = given if isinstance(given, Mapping) else sample_of(request.output_schema, request.stage_id)
-            data = dict(sample) if isinstance(sample, Mapping) else None
-            if not (isinstance(response, dict) and "output" in response):
-                output = json.dumps(data, indent=2)
-        if request.structured is not None:
+        if request.verdict:
             verdict = response.get("verdict") if isinstance(response, dict) else None
             data = (
                 dict(verdict)
@@ -100,6 +94,12 @@ class OfflineRunner:
                     "checklist": [],
                 }
             )
+        elif request.output_schema is not None:
+            given = response.get("data") if isinstance(response, dict) else None
+            sample = given if isinstance(given, Mapping) else sample_of(request.output_schema, request.stage_id)
+            data = dict(sample) if isinstance(sample, Mapping) else None
+            if not (isinstance(response, dict) and "output" in response):
+                output = json.dumps(data, indent=2)
         return StageResult(output=str(output), data=data, stop_reason="end_turn")
 
 
