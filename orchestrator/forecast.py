@@ -27,12 +27,13 @@ from .cost import estimate
 from .engine import Decision, Progress, StageOutcome
 from .fingerprint import Recalled
 from .models import facts_for
+from .prompts import decide_condition
 from .run import PreparedRun, load_previous, request_builder, start_session
 from .runners import StageRequest, Usage
 
 __all__ = ["TYPICAL", "Forecast", "StageForecast", "TokenCounter", "forecast_run"]
 
-Action = Literal["run", "keep", "wait"]
+Action = Literal["run", "keep", "wait", "skip"]
 # Counts the input tokens of request bodies (None where it could not): the token-counting endpoint.
 TokenCounter = Callable[[Sequence[dict[str, Any]]], list[int | None]]
 
@@ -45,6 +46,7 @@ class Typical:
     tool_turn: int = 150  # a turn that calls tools
     tool_results: int = 400  # what a turn's tool results add to the conversation
     turns: int = 6  # turns of a tool loop (at most its max_turns)
+    instances: int = 3  # instances of a foreach stage, until its items are known
     chars_per_token: float = 4.0  # for a prompt that is not counted
 
 
@@ -56,7 +58,7 @@ RANGE = (0.5, 2.0)  # the range around a point estimate
 class StageForecast:
     stage: str
     wave: int  # from 1
-    action: Action  # run: calls the model; keep: earlier output kept; wait: a gate that needs a person
+    action: Action  # run: calls the model; keep: earlier output kept; wait: a gate that needs a person; skip: if
     reason: str
     prompt_chars: int | None  # system prompt + user message, as far as known now
     tokens: tuple[int, int] | None  # input (all requests, cached or not) and output, expected
@@ -123,6 +125,7 @@ class _Request:
     system: int
     message: int
     counted: bool = False
+    copies: int = 1  # a fan-out's instances, each one such request
 
 
 class _CacheModel:
@@ -171,6 +174,7 @@ def forecast_run(prepared: PreparedRun, counter: TokenCounter | None = None) -> 
     previous = load_previous(prepared)
     session = start_session(prepared, previous, "forecast")
     build = request_builder(prepared, session.rejected)
+    condition = decide_condition(prepared)
     outcomes = {sid: StageOutcome("pending") for sid in plan.order}
     progress = Progress(outcomes, session.feedback, {}, session.round)
     unknown: set[str] = set()  # stages whose output this run will produce anew (or not at all)
@@ -182,21 +186,40 @@ def forecast_run(prepared: PreparedRun, counter: TokenCounter | None = None) -> 
         reads = set(plan.order) - {sid} if sid == plan.audit_stage else set(stage.needs)
         reads |= prepared.compiled.renderer.checker.stages_read(sid) if stage.runs_agent else set()
         waiting_on = [n for n in plan.order if n in reads and n in unknown]
+        if stage.condition is not None and (not waiting_on or "stages" not in stage.condition):
+            # Decided by params, or by outputs at hand: decide it now, as the run will.
+            try:
+                skip = condition(sid, progress)
+            except Exception:  # it will be decided (and reported) by the run
+                skip = None
+            if skip is not None:
+                outcomes[sid] = StageOutcome("skipped", error=skip, conditional=True)
+                out.append(StageForecast(sid, wave, "skip", skip, None, None, 0.0))
+                continue
+            if stage.foreach is None:
+                stage = stage.model_copy(update={"condition": None})
         if stage.foreach is not None or stage.condition is not None:
             unknown.add(sid)
-            what = (
-                "fans out: one instance per item of its foreach, known once its needs are done"
-                if stage.foreach is not None
-                else "runs if its condition holds when its needs are done"
-            )
-            out.append(StageForecast(sid, wave, "run", what, None, None, None))
+            if stage.foreach is not None:
+                what = f"fans out over items known once its needs are done (taken as {TYPICAL.instances})"
+            else:
+                what = "runs if its condition holds when its needs are done (counted as running)"
+            if not stage.runs_agent:
+                out.append(StageForecast(sid, wave, "run", what, None, None, 0.0 if stage.run else None))
+                continue
+            out.append(_stand_in(prepared, sid, len(reads) * TYPICAL.reply))
+            waiting[sid] = (wave, what, "run")
             continue
         try:
             stage_input = build(sid, progress)
         except Exception as exc:  # a prompt that needs outputs this run has not made yet
             unknown.add(sid)
             message = getattr(exc, "message", str(exc))
-            out.append(StageForecast(sid, wave, "run", f"prompt can't be rendered yet: {message}", None, None, None))
+            if not stage.runs_agent:
+                out.append(StageForecast(sid, wave, "run", f"can't be built yet: {message}", None, None, None))
+                continue
+            out.append(_stand_in(prepared, sid, len(reads) * TYPICAL.reply))
+            waiting[sid] = (wave, "its prompt needs outputs this run will make", "run")
             continue
         request = stage_input.request
         if request is not None and request.command is not None:
@@ -289,6 +312,35 @@ def _parts(sid: str, request: StageRequest, pending_outputs: int) -> _Request:
     )
 
 
+def _stand_in(prepared: PreparedRun, sid: str, pending_outputs: int) -> _Request:
+    """A stage whose request can't be built before the run (a fan-out, a prompt reading outputs to come):
+    its agent's instructions as they are, its prompt template, and upstream outputs at a typical size."""
+    plan = prepared.compiled.plan
+    stage = plan.stages[sid]
+    agent = next(a for a in prepared.compiled.rendered if a.agent == stage.agent and not a.coordinator)
+    tools = plan.tools_for(sid) if plan.runner_for(sid) == "anthropic" else ()
+    permissions = plan.permissions_for(sid)
+    request = StageRequest(
+        stage_id=sid,
+        agent=agent.agent,
+        model=plan.model_for(sid),
+        system=agent.text,
+        prompt=stage.prompt or "",
+        max_tokens=plan.workflow.defaults.max_tokens,
+        task=prepared.task,
+        output_schema=prepared.compiled.schemas.get(sid),
+        brief=agent.brief,
+        batch=stage.batch,
+        tools=tools,
+        max_turns=plan.max_turns_for(sid),
+        bash=permissions.bash,
+        shell=permissions.shell,
+    )
+    part = _parts(sid, request, pending_outputs)
+    part.copies = TYPICAL.instances if stage.foreach is not None else 1
+    return part
+
+
 def _tool_stand_ins(request: StageRequest) -> list[dict[str, Any]]:
     if not request.tools:
         return []
@@ -340,6 +392,17 @@ def _estimate(
     if request.tools and turns > 1:
         reason += f" (tools: about {turns} turns, at most {plan.max_turns_for(part.sid)})"
     cost = estimate(usage, model, plan.workflow.pricing, batch=request.batch)
+    if part.copies > 1:
+        # The first instance writes the prefix; the others read it (it is the same for each).
+        rest = Usage(0, usage.output_tokens, usage.cache_read_tokens + usage.cache_write_tokens, 0)
+        rest = rest + Usage(usage.input_tokens)
+        more = estimate(rest, model, plan.workflow.pricing, batch=request.batch)
+        cost = None if cost is None or more is None else round(cost + more * (part.copies - 1), 6)
+        usage = usage + Usage(
+            rest.input_tokens * (part.copies - 1),
+            rest.output_tokens * (part.copies - 1),
+            rest.cache_read_tokens * (part.copies - 1),
+        )
     total_in = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
     chars = len(request.brief) + len(request.system) + len(request.prompt)
     return StageForecast(

@@ -270,7 +270,7 @@ def _check_color(value: str) -> str:
 
 def _check_opencode_model(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:@/-]*", value):
-        raise ValueError(f"{value!r}: OpenCode models are written provider/model, e.g. 'anthropic/claude-sonnet-4-5'")
+        raise ValueError(f"{value!r}: OpenCode models are written provider/model, e.g. 'anthropic/claude-sonnet-5-5'")
     return value
 
 
@@ -329,7 +329,7 @@ class OpenCodeOptions(_Model):
 
     model: Annotated[StrictStr, AfterValidator(_check_opencode_model)] | None = Field(
         None,
-        description="Model for OpenCode only, as provider/model, e.g. anthropic/claude-sonnet-4-5. "
+        description="Model for OpenCode only, as provider/model, e.g. anthropic/claude-sonnet-5-5. "
         "Default: anthropic/<the agent's model>.",
     )
     temperature: float | None = Field(

@@ -87,8 +87,17 @@ def make_runner(
 
 
 def request(structured: dict[str, Any] | None = None, output_schema: dict[str, Any] | None = None) -> StageRequest:
+    """The stage's request; ``structured`` is the audit's verdict schema, ``output_schema`` a stage's own."""
     return StageRequest(
-        "integrate", "build", MODEL, "(the compiled body)", PROMPT, 4096, "default", structured, output_schema
+        "integrate",
+        "build",
+        MODEL,
+        "(the compiled body)",
+        PROMPT,
+        4096,
+        "default",
+        output_schema=structured if structured is not None else output_schema,
+        verdict=structured is not None,
     )
 
 
@@ -325,9 +334,40 @@ stages:
     assert (stages / "backend.md").read_text().strip() == "BACKEND DONE by the claude-code runner"
     assert (stages / "ui.md").read_text().strip() == "UI DONE by the opencode runner"
     state = json.loads((project / "docs/ai/t/state.json").read_text())
-    assert state["stages"]["backend"]["tokens"]["input"] > 0 and state["stages"]["ui"]["tokens"]["input"] > 0
+    for sid in ("backend", "ui"):  # the clients cache their prompts: input may all be cache reads and writes
+        tokens = state["stages"][sid]["tokens"]
+        assert tokens["input"] + tokens["cache_read"] + tokens["cache_write"] > 0, sid
     audit = [r for r in api.messages() if "stage `audit` of workflow" in r.text()]
     assert audit and "BACKEND DONE" in audit[0].text() and "UI DONE" in audit[0].text()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     missing = cli("run", "workflows/cli.yaml", "--task", "t2", cwd=project)
     assert missing.code == 2 and "@anthropic-ai/claude-code" in missing.err
+
+
+@slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_agents_effort_reaches_the_api_through_the_cli(
+    kind: str, installed: Clients, cli: CliRunner, workspace: Path, tmp_path: Path
+) -> None:
+    """effort: in the workflow becomes Claude Code's effort and OpenCode's variant in the compiled files,
+    and each client sends it to the API as output_config.effort."""
+    project = tmp_path / "effort"
+    (project / "workflows").mkdir(parents=True)
+    (project / "workflows/feature.yaml").write_text(
+        "name: feature\nagents: {build: {model: claude-opus-5-5, effort: low}}\n"
+        "stages: [{id: integrate, agent: build}]\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "compiled"
+    assert cli("compile", "workflows/feature.yaml", "--out", str(out), cwd=project).code == 0
+    agent = CliAgent(
+        "feature-build",
+        (out / "claude/agents/feature-build.md").read_text(encoding="utf-8"),
+        (out / "opencode/agents/feature-build.md").read_text(encoding="utf-8"),
+    )
+    with FakeAnthropic() as api:
+        api.reply(REPLY, when=MARKER)
+        result, _ = run(make_runner(kind, installed, agent, workspace, api), replace(request(), effort="low"))
+    assert result.output == REPLY
+    [sent] = for_stage(api)
+    assert sent.body.get("output_config", {}).get("effort") == "low", sent.body.get("output_config")

@@ -228,7 +228,7 @@ def test_tool_specific_settings_reach_only_their_tool(project: TempProject, cli:
         agents:
           build:
             model: claude-sonnet-5-5
-            opencode: {model: anthropic/claude-sonnet-4-5, permission: ask, color: accent, steps: 40, hidden: true}
+            opencode: {model: anthropic/claude-sonnet-5-5, permission: ask, color: accent, steps: 40, hidden: true}
             claude: {model: sonnet, tools: [Read, Edit, Bash]}
         stages: [{agent: build}]
         """
@@ -239,7 +239,7 @@ def test_tool_specific_settings_reach_only_their_tool(project: TempProject, cli:
     assert opencode == {
         "description": opencode["description"],
         "mode": "subagent",
-        "model": "anthropic/claude-sonnet-4-5",
+        "model": "anthropic/claude-sonnet-5-5",
         "steps": 40,
         "permission": "ask",
         "color": "accent",
@@ -282,7 +282,7 @@ def test_an_agents_tools_and_bash_policy_reach_both_tools_configs(project: TempP
     [
         ("opencode: {permission: {edit: maybe}}", "Input should be 'allow', 'ask' or 'deny'"),
         ("opencode: {color: reddish}", "is not a colour OpenCode accepts"),
-        ("opencode: {model: claude-sonnet-4-5}", "OpenCode models are written provider/model"),
+        ("opencode: {model: claude-sonnet-5-5}", "OpenCode models are written provider/model"),
         ("opencode: {mode: primary}", "unknown key 'mode'"),
         ("claude: {model: anthropic/x}", "without a provider prefix"),
     ],

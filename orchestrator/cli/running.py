@@ -213,11 +213,12 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
             )
         )
         return EXIT_OK
-    counts = {a: sum(1 for f in forecast.stages if f.action == a) for a in ("run", "keep", "wait")}
+    counts = {a: sum(1 for f in forecast.stages if f.action == a) for a in ("run", "keep", "wait", "skip")}
     how = "continues the stopped run" if forecast.resume else "a new run"
+    skipped = f", {counts['skip']} skipped" if counts["skip"] else ""
     click.echo(
         f"{_shown(workflow.absolute())}, task {prepared.task} ({how}): {counts['run']} to run, "
-        f"{counts['keep']} kept, {counts['wait']} waiting at gates"
+        f"{counts['keep']} kept, {counts['wait']} waiting at gates{skipped}"
     )
     for change in forecast.changes:
         click.echo(f"Since the last run: {change}")
@@ -228,7 +229,7 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
         prompt = f"{f.prompt_chars:,} ch" if f.prompt_chars is not None else "-"
         tokens_in = f"{_k(f.tokens[0])} ({_k(f.cached_tokens)})" if f.tokens else "-"
         tokens_out = _k(f.tokens[1]) if f.tokens else "-"
-        if f.action == "keep":
+        if f.action in ("keep", "skip"):
             cost = "$0"
         elif f.cost_usd is not None:
             cost = format_cost(f.cost_usd)

@@ -229,6 +229,9 @@ class ClaudeCodeRunner(_CliRunner):
         argv = [self.executable, "--print", "--output-format", "json", "--agents", str(agents_file)]
         argv += ["--agent", agent.name, "--model", request.model, "--permission-mode", self.permission_mode]
         argv += ["--permission-prompts", "none"]
+        if request.effort is not None:
+            # The agent runs as the session (--agent): its effort is the session's, sent as output_config.effort.
+            argv += ["--effort", request.effort]
         if request.output_schema is not None:
             argv += ["--json-schema", json.dumps(request.output_schema)]
         return argv, {**CLAUDE_ENV, **self.environ}

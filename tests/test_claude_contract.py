@@ -1,0 +1,384 @@
+"""Claude as it is today: the starter and the examples run against a fake that holds every request to the
+published contract of their real default models; the ledger is genai-prices' figure for each request;
+the prompt cache is warm; budgets hold with stages in parallel; batches; effort and thinking."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import REPO, CliRunner, TempProject
+from .fake_anthropic import DEFAULT_VERDICT, FakeAnthropic, Request
+from .test_examples import _copy_example, readme_commands
+
+GOAL = "Add a login page"
+
+
+def at(stage: str) -> str:
+    return f": stage `{stage}` of workflow"
+
+
+def stage_of(request: Request) -> str:
+    text = request.text()
+    return text.split("# Task `", 1)[1].split("stage `", 1)[1].split("`", 1)[0] if "# Task `" in text else "?"
+
+
+def answered(api: FakeAnthropic) -> list[Request]:
+    """Every request the model answered: streamed, plain or batched."""
+    return [r for r in api.requests if r.usage is not None]
+
+
+def refused(api: FakeAnthropic) -> list[str]:
+    return [f"{r.path} {r.status}" for r in api.requests if r.status is not None and r.status >= 400]
+
+
+def state(root: Path, task: str) -> dict[str, Any]:
+    return json.loads((root / "docs/ai" / task / "state.json").read_text())
+
+
+def listed_price(usage: dict[str, int], model: str, when: str, batch: bool = False) -> float:
+    """genai-prices' own figure for one request's usage, computed here without orchestrate's code."""
+    from genai_prices import Usage, calc_price
+
+    read, written = usage.get("cache_read_input_tokens") or 0, usage.get("cache_creation_input_tokens") or 0
+    price = calc_price(
+        Usage(
+            input_tokens=usage["input_tokens"] + read + written,
+            cache_read_tokens=read,
+            cache_write_tokens=written,
+            output_tokens=usage["output_tokens"],
+        ),
+        model_ref=model,
+        provider_id="anthropic",
+        genai_request_timestamp=datetime.fromisoformat(when).astimezone(UTC),
+        price_context={"processing": "batch"} if batch else None,
+    )
+    return float(price.total_price)
+
+
+def assert_ledger_is_the_listed_price(api: FakeAnthropic, saved: dict[str, Any]) -> None:
+    """Each stage's tokens are what the API reported and its cost genai-prices' price of each request."""
+    reported: dict[str, list[Request]] = {}
+    for request in answered(api):
+        reported.setdefault(stage_of(request), []).append(request)
+    for sid, stage in saved["stages"].items():
+        attempts = stage["attempts"]
+        sent = reported.get(sid, [])
+        assert len(attempts) == len(sent), sid
+        usage = [r.usage for r in sent]
+        assert stage["tokens"] == {
+            "input": sum(u["input_tokens"] for u in usage),
+            "output": sum(u["output_tokens"] for u in usage),
+            "cache_read": sum(u.get("cache_read_input_tokens") or 0 for u in usage),
+            "cache_write": sum(u.get("cache_creation_input_tokens") or 0 for u in usage),
+        }, sid
+        expected = sum(
+            listed_price(r.usage, stage["model"], a["started"], r.batch) for r, a in zip(sent, attempts, strict=True)
+        )
+        assert stage["cost_usd"] == pytest.approx(expected, abs=2e-6), sid
+        for attempt in attempts:
+            assert attempt["cost_usd"] is not None and attempt["cost_usd"] > 0, sid
+
+
+# -- the starter and the examples, with their real default models ------------------------------------------
+
+
+def test_the_init_starter_runs_to_success_on_claude_opus_and_sonnet_5_5(
+    cli: CliRunner, api: FakeAnthropic, tmp_path: Path
+) -> None:
+    root = tmp_path / "shop"
+    root.mkdir()
+    assert cli("init", cwd=root).code == 0
+    result = cli("run", "workflows/feature.yaml", "--task", "add-login", "--param", f"goal={GOAL}", cwd=root)
+    assert result.code == 0, result.out + result.err
+    assert refused(api) == []
+    models = {stage_of(r): r.body["model"] for r in api.messages()}
+    assert models == {
+        "plan": "claude-opus-5-5",
+        "backend": "claude-sonnet-5-5",
+        "frontend": "claude-sonnet-5-5",
+        "integrate": "claude-sonnet-5-5",
+        "audit": "claude-opus-5-5",
+    }
+    (audit,) = [r for r in api.messages() if stage_of(r) == "audit"]
+    assert "tool_choice" not in audit.body and audit.body["output_config"]["format"]["type"] == "json_schema"
+    saved = state(root, "add-login")
+    assert saved["status"] == "succeeded" and saved["audit"]["verdict"] == "pass"
+    assert_ledger_is_the_listed_price(api, saved)
+    assert saved["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in saved["stages"].values()), abs=1e-6)
+
+
+@pytest.mark.parametrize("example", ["feature", "decompose", "pipeline"])
+def test_the_readme_real_run_of_an_example_succeeds_against_the_contract(
+    example: str, cli: CliRunner, api: FakeAnthropic, tmp_path: Path
+) -> None:
+    """The examples without tools run as their README says, on their own default models. (bugfix and
+    docs-review act through tools: test_examples drives them with scripted tool calls against this fake.)"""
+    _copy_example(example, tmp_path)
+    [command] = [c for c in readme_commands(REPO / "examples" / example / "README.md") if c.real and c.args[0] == "run"]
+    result = cli(*command.args, cwd=tmp_path / command.folder)
+    assert result.code == 0, result.out + result.err
+    assert refused(api) == []
+    task = command.args[command.args.index("--task") + 1]
+    saved = state(tmp_path / command.folder, task)
+    assert saved["status"] == "succeeded"
+    assert_ledger_is_the_listed_price(api, saved)
+
+
+def test_every_model_id_in_the_templates_examples_and_docs_is_current_and_priced() -> None:
+    import re
+
+    from orchestrator.cost import has_price
+    from orchestrator.models import facts_for
+
+    places = [REPO / "README.md", REPO / "orchestrator/scaffold.py", REPO / "orchestrator/workflow.py"]
+    for folder in ("docs", "examples", "workflows", "orchestrator/defaults"):
+        places += [p for p in (REPO / folder).rglob("*") if p.suffix in (".md", ".yaml", ".py") and p.is_file()]
+    seen: dict[str, str] = {}
+    for path in places:
+        for model in re.findall(r"claude-(?:opus|sonnet|haiku|fable|mythos)-[0-9][0-9a-z-]*[0-9]", path.read_text()):
+            seen.setdefault(model, str(path.relative_to(REPO)))
+    assert "claude-sonnet-5-5" in seen and "claude-opus-5-5" in seen
+    for model, where in seen.items():
+        assert facts_for(model).known, f"{where}: {model} is not a model the API serves today"
+        assert has_price(model), f"{where}: {model} has no price"
+
+
+# -- a warm cache ----------------------------------------------------------------------------------------
+
+TWINS = """
+name: twins
+description: Two parts built side by side by one agent, then audited.
+defaults: {model: claude-sonnet-5-5, max_parallel: 2}
+stages:
+  - {id: left, agent: build, prompt: Build the left part.}
+  - {id: right, agent: build, prompt: Build the right part.}
+  - {id: audit, agent: auditor, needs: [left, right]}
+"""
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_stages_that_start_together_read_their_agents_prompt_from_the_cache_once_one_has_written_it(
+    warmup: bool, cli: CliRunner, api: FakeAnthropic, project: TempProject
+) -> None:
+    project.workflow(TWINS if warmup else TWINS.replace("max_parallel: 2}", "max_parallel: 2, cache_warmup: false}"))
+    api.reply("left done", when=at("left"), delay=0.3)
+    api.reply("right done", when=at("right"), delay=0.3)
+    result = cli("run", "workflows/feature.yaml", "--task", "t", cwd=project.root)
+    assert result.code == 0, result.out
+    left, right = (next(r for r in api.messages() if stage_of(r) == sid) for sid in ("left", "right"))
+    prefix = left.prefix_tokens
+    assert prefix >= 512 and right.prefix_tokens == prefix  # one agent: one prompt prefix
+    if warmup:  # one wrote it; the other waited for that reply to begin, then read all of it
+        assert sorted([left.cache_read, right.cache_read]) == [0, prefix]
+        assert sorted([left.cache_write, right.cache_write]) == [0, prefix]
+    else:  # both sent at once: both paid to write the same prefix
+        assert left.cache_read == right.cache_read == 0
+        assert left.cache_write == right.cache_write == prefix
+
+
+def test_a_tool_loop_reads_its_conversation_from_the_cache_turn_to_turn(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject
+) -> None:
+    project.workflow(
+        """
+name: look
+agents: {reader: {template: build.md, tools: [read]}}
+stages:
+  - {id: look, agent: reader, prompt: "Read README.md four times, then say done."}
+  - {id: audit, agent: auditor, needs: [look]}
+"""
+    )
+    project.write("README.md", "# Project\n\n" + "A line of the readme.\n" * 200)
+    read = {"name": "read", "input": {"path": "README.md"}}
+    api.script(at("look"), [read, read, read, read, "done"])
+    assert cli("run", "workflows/feature.yaml", "--task", "t", cwd=project.root).code == 0
+    turns = [r for r in api.messages() if stage_of(r) == "look"]
+    assert len(turns) == 5
+    assert all(t.body["cache_control"] == {"type": "ephemeral"} for t in turns)
+    conversation = sum(t.conversation_tokens for t in turns)
+    from_cache = sum(max(0, t.cache_read - t.prefix_tokens) for t in turns)
+    assert from_cache / conversation > 0.6  # every turn but the first reads what the turns before it wrote
+
+
+def test_editing_one_stages_description_changes_only_the_prompts_that_show_it(project: TempProject) -> None:
+    from orchestrator.compiler import compile_workflow
+    from orchestrator.project import Project
+
+    from .conftest import FEATURE
+
+    def prompts() -> dict[str, str]:
+        compiled = compile_workflow(project.root / "workflows/feature.yaml", Project(project.root))
+        return {a.agent: a.instructions for a in compiled.rendered if not a.coordinator}
+
+    project.workflow(FEATURE)
+    before = prompts()
+    project.workflow(FEATURE.replace("  - id: frontend\n", "  - id: frontend\n    description: The login form.\n"))
+    after = prompts()
+    changed = sorted(agent for agent in before if before[agent] != after[agent])
+    assert changed == ["frontend", "plan"]  # the stage's own agent, and the plan that assigns it work
+
+
+# -- spend that can't overshoot, and half price for work that can wait --------------------------------------
+
+EIGHT = """
+name: eight
+defaults: {model: claude-sonnet-5-5, max_parallel: 8, max_tokens: 2000}
+stages:
+"""
+
+
+def test_eight_parallel_stages_under_a_budget_end_at_or_under_it(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject
+) -> None:
+    stages = "".join(f"  - {{id: part{n}, agent: build, prompt: Part {n}.}}\n" for n in range(8))
+    project.workflow(
+        EIGHT + stages + "  - {id: audit, agent: auditor, needs: [" + ", ".join(f"part{n}" for n in range(8)) + "]}\n"
+    )
+    api.reply("done", when=lambda body: "Part " in json.dumps(body), usage={"output_tokens": 2000}, delay=0.2)
+    result = cli("run", "workflows/feature.yaml", "--task", "t", "--budget", "0.08", cwd=project.root)
+    assert result.code == 4, result.out
+    saved = state(project.root, "t")
+    assert saved["status"] == "budget_exceeded"
+    assert 0.06 < saved["cost_usd"] <= 0.08  # each part costs about $0.02 of its 2,000 output tokens
+    done = [sid for sid, stage in saved["stages"].items() if stage["status"] == "succeeded"]
+    assert 3 <= len(done) <= 4 and saved["stages"]["audit"]["status"] == "pending"
+    assert saved["cost_usd"] == pytest.approx(sum(s["cost_usd"] or 0 for s in saved["stages"].values()), abs=1e-6)
+
+
+BATCHED = """
+name: batched
+defaults: {model: claude-sonnet-5-5}
+stages:
+  - {id: summary, agent: build, batch: true, prompt: Summarise the project in a paragraph.}
+  - {id: audit, agent: auditor, needs: [summary]}
+"""
+
+
+def test_a_batch_stage_costs_half_and_an_interrupted_run_collects_its_batch_instead_of_paying_again(
+    api: FakeAnthropic, project: TempProject
+) -> None:
+    project.workflow(BATCHED)
+    api.reply("A paragraph.", when=at("summary"), usage={"input_tokens": 100_000, "output_tokens": 1000})
+    api.batch_delay = 30.0  # the batch stays in progress until this test lets it end
+    env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
+    command = [sys.executable, "-m", "orchestrator", "run", "workflows/feature.yaml", "--task", "t"]
+    first = subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = project.root / "docs/ai/t/events.jsonl"
+    deadline = time.monotonic() + 30
+    while "batch_submitted" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and first.poll() is None, first.stdout.read() if first.stdout else ""
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(30) == 130
+    saved = state(project.root, "t")
+    assert saved["stages"]["summary"]["status"] == "interrupted"
+    batch = saved["stages"]["summary"]["batch"]
+    assert batch["id"] in api.batches and len(api.batches) == 1
+
+    api.batch_delay = 0.0
+    second = subprocess.run(command, cwd=project.root, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert len(api.batches) == 1  # collected the batch it had paid for, sent no second one
+    saved = state(project.root, "t")
+    summary = saved["stages"]["summary"]
+    assert summary["status"] == "succeeded" and summary["attempts"][-1]["batch"] is True
+    # Half of Sonnet 5.5's $2 / $10: 100,000 in and 1,000 out cost $0.105 through the Batches API.
+    assert summary["cost_usd"] == pytest.approx(0.105, abs=1e-6)
+    (batched,) = [r for r in answered(api) if r.batch]
+    assert listed_price(batched.usage, "claude-sonnet-5-5", summary["attempts"][-1]["started"], True) == (
+        pytest.approx(0.105, abs=1e-6)
+    )
+
+
+# -- effort, thinking, and what a model refuses -----------------------------------------------------------
+
+
+def test_effort_and_thinking_reach_the_api_in_the_shape_each_model_takes(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject
+) -> None:
+    project.workflow(
+        """
+name: shaped
+defaults: {model: claude-sonnet-5-5}
+agents:
+  quick: {template: build.md, effort: low, thinking: "off"}
+  deep: {template: plan.md, model: claude-opus-5-5, effort: max}
+stages:
+  - {id: fast, agent: quick, prompt: Rename a variable.}
+  - {id: hard, agent: deep, prompt: Design the schema.}
+  - {id: audit, agent: auditor, needs: [fast, hard]}
+"""
+    )
+    result = cli("run", "workflows/feature.yaml", "--task", "t", cwd=project.root)
+    assert result.code == 0, result.out
+    sent = {stage_of(r): r.body for r in api.messages()}
+    assert sent["fast"]["output_config"] == {"effort": "low"}
+    assert sent["fast"]["thinking"] == {"type": "between_tools"}  # how Sonnet 5.5 turns thinking off
+    assert sent["hard"]["output_config"] == {"effort": "max"} and "thinking" not in sent["hard"]
+    assert "effort" not in sent["audit"]["output_config"]  # unset: the model's own default
+    claude = (project.root / "output/claude/agents/shaped-quick.md").exists()
+    assert not claude  # run compiles nothing; the compiled files carry effort (test_compile)
+
+
+@pytest.mark.parametrize(
+    ("agent", "message"),
+    [
+        (
+            "{model: claude-opus-5-5, thinking: 'off'}",
+            "Claude Opus 5.5 always thinks; its thinking can't be turned off",
+        ),
+        ("{model: claude-sonnet-4-6, effort: xhigh}", "Claude Sonnet 4.6 takes effort low, medium, high, max, not"),
+        ("{model: claude-sonnet-4-5}", "model 'claude-sonnet-4-5' is retired on 2026-11-30"),
+        ("{model: claude-opus-5-5, opencode: {temperature: 0.2}}", "Claude Opus 5.5 refuses temperature"),
+    ],
+)
+def test_a_setting_the_model_refuses_is_a_clear_error_at_its_line_before_any_request(
+    agent: str, message: str, cli: CliRunner, api: FakeAnthropic, project: TempProject
+) -> None:
+    project.workflow(f"name: w\nstages:\n  - {{id: a, agent: worker}}\nagents:\n  worker: {agent}\n", name="w")
+    for command in (("validate", "workflows/w.yaml"), ("run", "workflows/w.yaml", "--task", "t")):
+        result = cli(*command, cwd=project.root)
+        assert result.code == 2, result.out + result.err
+        assert "Traceback" not in result.err
+        first = result.err.splitlines()[0]
+        assert first.startswith("Error: workflows/w.yaml:5:") and message in first, first
+    assert api.requests == []
+
+
+SMALL = "name: w\nstages:\n  - {id: a, agent: build, prompt: Do it.}\n  - {id: audit, agent: auditor, needs: [a]}\n"
+
+
+def test_a_reply_that_does_not_parse_is_sent_back_once_with_the_error(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject
+) -> None:
+    project.workflow(SMALL, name="w")
+    api.reply("I looked at everything and it is fine.", when=at("audit"), times=1)  # no verdict: prose
+    api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
+    result = cli("run", "workflows/w.yaml", "--task", "t", cwd=project.root)
+    assert result.code == 0, result.out
+    audits = [r for r in api.messages() if stage_of(r) == "audit"]
+    assert len(audits) == 2  # retries: 0, yet one more try, told what was wrong
+    assert "Your previous try broke the stage's contract" in audits[1].text()
+    assert "the audit reply has no verdict" in audits[1].text()
+
+
+def test_x_should_retry_is_obeyed_both_ways(cli: CliRunner, api: FakeAnthropic, project: TempProject) -> None:
+    project.workflow(SMALL, name="w")
+    api.reply("busy", status=529, error="overloaded_error", headers={"x-should-retry": "false"}, when=at("a"), times=1)
+    result = cli("run", "workflows/w.yaml", "--task", "t", cwd=project.root)
+    assert result.code == 1 and len([r for r in api.messages() if stage_of(r) == "a"]) == 1  # not retried
+    api.reply(
+        "conflict", status=400, error="invalid_request_error", headers={"x-should-retry": "true"}, times=1, when=at("a")
+    )
+    result = cli("run", "workflows/w.yaml", "--task", "t", cwd=project.root)
+    assert result.code == 0, result.out  # retried on the API's word, though a 400 is not retried otherwise
