@@ -644,10 +644,32 @@ def conforming(schema: Any, root: Any = None, depth: int = 0) -> Any:
 
 
 def verdict_or_conforming(schema: Any) -> Any:
+    """A passing verdict for a verdict schema (only the fields it has), else a small value that fits."""
     properties = schema.get("properties") if isinstance(schema, dict) else None
-    if not isinstance(properties, dict) or "verdict" in properties:
+    if not isinstance(properties, dict):
         return DEFAULT_VERDICT
+    if "verdict" in properties:
+        return {key: value for key, value in DEFAULT_VERDICT.items() if key in properties}
     return conforming(schema)
+
+
+def _off_format(body: dict[str, Any], content: list[Any], stop: str) -> str | None:
+    """What is wrong with a reply's text under the request's output format, which the API's grammar enforces
+    (a reply cut off at max_tokens, or a refusal, may break it; a tool-calling turn has no final text)."""
+    form = _format(body)
+    if not isinstance(form, dict) or stop in ("max_tokens", "refusal", "tool_use"):
+        return None
+    text = "".join(block.get("text", "") for block in content if block.get("type") == "text")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return "is not JSON, which a reply held to output_config.format always is"
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(Draft202012Validator(form.get("schema") or {}).iter_errors(value), key=str)
+    if errors:
+        return f"does not fit output_config.format ({errors[0].message})"
+    return None
 
 
 @dataclass
@@ -850,9 +872,12 @@ class FakeAnthropic:
         rule = self._choose(body)
         if rule is not None and rule.status != 200:
             return Answer(rule, error=ApiError(rule.status, rule.error or "api_error", rule.text, rule.headers))
+        content, stop = self._content(body, facts, rule)
+        problem = _off_format(body, content, stop)
+        if problem is not None:  # a test scripted what the API can't return: say so instead of passing it on
+            return Answer(rule, error=invalid(f"fake: the scripted reply {problem}; script one that fits"))
         outcome = self.cache.lookup(body, facts, blocks)
         record.cache_read, record.cache_write = outcome.read, outcome.write
-        content, stop = self._content(body, facts, rule)
         if rule is not None and rule.usage is not None:
             usage: dict[str, Any] = {**DEFAULT_USAGE, **rule.usage}
         else:

@@ -149,7 +149,9 @@ def test_every_model_id_in_the_templates_examples_and_docs_is_current_and_priced
             seen.setdefault(model, str(path.relative_to(REPO)))
     assert "claude-sonnet-5-5" in seen and "claude-opus-5-5" in seen
     for model, where in seen.items():
-        assert facts_for(model).known, f"{where}: {model} is not a model the API serves today"
+        facts = facts_for(model)
+        # A retired id may be named where the docs say it is retired; no other id the API doesn't know may be.
+        assert facts.known or facts.retired, f"{where}: {model} is not a model the API serves"
         assert has_price(model), f"{where}: {model} has no price"
 
 
@@ -355,21 +357,57 @@ def test_a_setting_the_model_refuses_is_a_clear_error_at_its_line_before_any_req
     assert api.requests == []
 
 
-SMALL = "name: w\nstages:\n  - {id: a, agent: build, prompt: Do it.}\n  - {id: audit, agent: auditor, needs: [a]}\n"
+COUNTED = """
+name: w
+stages:
+  - id: a
+    agent: build
+    prompt: Count them.
+    output_schema:
+      type: object
+      properties: {count: {type: integer, minimum: 1}}
+      required: [count]
+      additionalProperties: false
+  - {id: audit, agent: auditor, needs: [a]}
+"""
 
 
-def test_a_reply_that_does_not_parse_is_sent_back_once_with_the_error(
+def test_a_structured_reply_that_breaks_what_the_api_cant_enforce_is_sent_back_once(
     cli: CliRunner, api: FakeAnthropic, project: TempProject
 ) -> None:
-    project.workflow(SMALL, name="w")
-    api.reply("I looked at everything and it is fine.", when=at("audit"), times=1)  # no verdict: prose
-    api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
+    """Structured outputs compile the schema without `minimum`; the stage's own schema still holds it."""
+    project.workflow(COUNTED, name="w")
+    api.reply(json.dumps({"count": 0}), when=at("a"), times=1)
+    api.reply(json.dumps({"count": 3}), when=at("a"))
     result = cli("run", "workflows/w.yaml", "--task", "t", cwd=project.root)
     assert result.code == 0, result.out
-    audits = [r for r in api.messages() if stage_of(r) == "audit"]
-    assert len(audits) == 2  # retries: 0, yet one more try, told what was wrong
-    assert "Your previous try broke the stage's contract" in audits[1].text()
-    assert "the audit reply has no verdict" in audits[1].text()
+    tries = [r for r in api.messages() if stage_of(r) == "a"]
+    assert len(tries) == 2  # retries: 0, yet one more try, told what was wrong
+    sent = tries[0].body["output_config"]["format"]["schema"]["properties"]["count"]
+    assert "minimum" not in sent and "{minimum: 1}" in sent["description"]
+    assert "Your previous try broke the stage's contract" in tries[1].text()
+    assert "count: 0 is less than the minimum of 1" in tries[1].text()
+    assert json.loads((project.root / "docs/ai/t/stages/a.json").read_text()) == {"count": 3}
+
+
+def test_a_schema_structured_outputs_cant_express_is_asked_for_in_the_text_and_a_bad_reply_sent_back_once(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject
+) -> None:
+    closed = (
+        "properties: {count: {type: integer, minimum: 1}}\n      required: [count]\n      additionalProperties: false"
+    )
+    project.workflow(COUNTED.replace(closed, "additionalProperties: {type: integer}"), name="w")
+    api.reply("There are three of them.", when=at("a"), times=1)
+    api.reply('{"apples": 3}', when=at("a"))
+    result = cli("run", "workflows/w.yaml", "--task", "t", cwd=project.root)
+    assert result.code == 0, result.out
+    tries = [r for r in api.messages() if stage_of(r) == "a"]
+    assert len(tries) == 2 and "output_config" not in tries[0].body  # an open map: no format, the prompt asks
+    assert "## Output format" in tries[0].text()
+    assert "its structured output is not JSON" in tries[1].text()
+
+
+SMALL = "name: w\nstages:\n  - {id: a, agent: build, prompt: Do it.}\n  - {id: audit, agent: auditor, needs: [a]}\n"
 
 
 def test_x_should_retry_is_obeyed_both_ways(cli: CliRunner, api: FakeAnthropic, project: TempProject) -> None:
@@ -382,3 +420,44 @@ def test_x_should_retry_is_obeyed_both_ways(cli: CliRunner, api: FakeAnthropic, 
     )
     result = cli("run", "workflows/w.yaml", "--task", "t", cwd=project.root)
     assert result.code == 0, result.out  # retried on the API's word, though a 400 is not retried otherwise
+
+
+# -- plan estimates you can act on ---------------------------------------------------------------------------
+
+
+def _prose(seed: int, chars: int) -> str:
+    words = ("the", "login", "form", "checks", "input", "and", "stores", "a", "session", "token", "tests", "cover")
+    out: list[str] = []
+    while sum(len(w) + 1 for w in out) < chars:
+        seed = (seed * 1103515245 + 12345) % 2**31
+        out.append(words[seed % len(words)])
+    return " ".join(out)
+
+
+@pytest.mark.parametrize("example", ["feature", "decompose", "pipeline"])
+def test_plans_estimate_is_within_twice_the_actual_cost_of_the_run(
+    example: str, cli: CliRunner, api: FakeAnthropic, tmp_path: Path
+) -> None:
+    _copy_example(example, tmp_path)
+    [command] = [c for c in readme_commands(REPO / "examples" / example / "README.md") if c.real and c.args[0] == "run"]
+    folder = tmp_path / command.folder
+    # Replies of the lengths real stages write: reports of 500 to 1,800 tokens, a verdict with its evidence.
+    for n, stage in enumerate(("plan", "backend", "frontend", "integrate", "build", "docs")):
+        api.reply(
+            _prose(n, 2000 + 1300 * (n % 5)),
+            when=lambda body, s=stage: f"stage `{s}" in json.dumps(body) and "output_config" not in body,
+        )
+    api.reply(json.dumps({**DEFAULT_VERDICT, "summary": _prose(7, 3000)}), when=at("audit"))
+    tasks = [{"id": t, "title": _prose(i, 1500), "files": [f"{t}.py"]} for i, t in enumerate(("api", "form", "tests"))]
+    api.reply(json.dumps({"tasks": tasks}), when=at("plan"))
+    plan = cli("plan", *command.args[1:], "--json", cwd=folder)
+    assert plan.code == 0, plan.err
+    forecast = json.loads(plan.out)
+    assert forecast["counted"] is True and api.messages() == []
+    low, high = forecast["cost_range"]
+    assert high / low <= 4.0001
+    assert cli(*command.args, cwd=folder).code == 0
+    task = command.args[command.args.index("--task") + 1]
+    actual = state(folder, task)["cost_usd"]
+    ratio = forecast["cost_usd"] / actual
+    assert 0.5 <= ratio <= 2.0, f"estimate ${forecast['cost_usd']:.4f}, actual ${actual:.4f}"

@@ -15,6 +15,7 @@ PLAN_SCHEMA = """
       properties:
         tasks:
           type: array
+          maxItems: 3
           items:
             type: object
             properties: {id: {type: string}, title: {type: string}}
@@ -158,11 +159,12 @@ def test_repeated_foreach_keys_fail_the_stage_naming_them(
 def test_an_invalid_structured_output_is_sent_back_with_the_error_then_fails(
     cli: CliRunner, project: TempProject, api: FakeAnthropic
 ) -> None:
+    """The API compiles the schema without maxItems (it can't enforce it): the stage's contract still does."""
     project.workflow(
         FANOUT.replace("    prompt: Split the work.", "    prompt: Split the work.\n    retries: 1"), name="fan"
     )
     api.reply(
-        json.dumps({"tasks": [{"id": 7}]}),
+        tasks("a", "b", "c", "d"),
         when=lambda body: at("plan") in json.dumps(body) and "broke the stage's contract" not in json.dumps(body),
     )
     api.reply(
@@ -173,7 +175,10 @@ def test_an_invalid_structured_output_is_sent_back_with_the_error_then_fails(
     assert result.code == 0, result.out + result.err
     first, second = requests_of(api, "plan")
     assert "broke the stage's contract" not in first.text()
-    assert "tasks[0]" in second.text() and "'title' is a required property" in second.text()
+    assert "maxItems" not in json.dumps(first.body["output_config"]["format"]["schema"]["properties"]["tasks"]).replace(
+        "{maxItems: 3}", ""
+    )
+    assert "tasks:" in second.text() and "is too long" in second.text()
     assert "plan: try 1 failed, trying again" in result.out
 
 
@@ -181,10 +186,11 @@ def test_a_structured_output_that_never_fits_fails_the_stage_saying_why(
     cli: CliRunner, project: TempProject, api: FakeAnthropic
 ) -> None:
     project.workflow(FANOUT, name="fan")
-    api.reply("Here is the plan: do everything.", when=at("plan"))
+    api.reply(tasks("a", "b", "c", "d", "e"), when=at("plan"))
     result = run(cli, project)
     assert result.code == 1
-    assert "plan: failed" in result.out and "its structured output is not JSON" in result.out
+    assert "plan: failed" in result.out and "its structured output does not match output_schema" in result.out
+    assert "(after 2 tries)" in result.out  # retries: 0, and one more try told what was wrong
     state = json.loads((project.root / "docs/ai/t/state.json").read_text())
     assert state["stages"]["build"]["status"] == "skipped"
 

@@ -281,7 +281,8 @@ def test_a_forced_tool_call_is_accepted_where_the_model_allows_it_and_starts_wit
         tool_choice={"type": "tool", "name": "verdict"},
     )
     assert [block.type for block in forced.content] == ["tool_use"]
-    assert forced.content[0].name == "verdict" and forced.content[0].input == DEFAULT_VERDICT
+    assert forced.content[0].name == "verdict"
+    assert forced.content[0].input == {"verdict": "pass", "summary": DEFAULT_VERDICT["summary"]}  # what it has
     # Its tool-use turn has no thinking block to echo: the next turn is accepted without one.
     client.messages.create(
         model="claude-haiku-5-5",
@@ -549,8 +550,20 @@ def test_count_tokens_matches_the_usage_total(client: anthropic.Anthropic) -> No
 # --- batches -----------------------------------------------------------------------------------------------------
 
 
+def test_a_scripted_reply_the_output_format_would_not_allow_is_refused_loudly(
+    client: anthropic.Anthropic, fake: FakeAnthropic
+) -> None:
+    """The API's grammar makes a structured reply fit its schema: a test can't script one that doesn't."""
+    fake.reply("Not JSON at all.", when="Audit")
+    form = {"type": "json_schema", "schema": VERDICT}
+    with pytest.raises(anthropic.BadRequestError, match="fake: the scripted reply is not JSON"):
+        client.messages.create(
+            model="claude-sonnet-5-5", max_tokens=1024, messages=ask("Audit"), output_config={"format": form}
+        )
+
+
 def test_a_batch_end_to_end_with_the_sdk(client: anthropic.Anthropic, fake: FakeAnthropic) -> None:
-    fake.reply("A summary.", when="Summarize")
+    fake.reply("A summary.", when=lambda body: "Summarize" in json.dumps(body) and "output_config" not in body)
     params = {"model": "claude-sonnet-5-5", "max_tokens": 1024, "system": cached_system()}
     created = client.messages.batches.create(
         requests=[
@@ -578,7 +591,10 @@ def test_a_batch_end_to_end_with_the_sdk(client: anthropic.Anthropic, fake: Fake
     assert [block.type for block in results["summary"].message.content] == ["thinking", "text"]
     assert results["summary"].message.content[-1].text == "A summary."
     assert results["summary"].message.usage.service_tier == "batch"
-    assert json.loads(results["audit-1"].message.content[-1].text) == DEFAULT_VERDICT
+    assert json.loads(results["audit-1"].message.content[-1].text) == {
+        "verdict": "pass",
+        "summary": DEFAULT_VERDICT["summary"],
+    }
     assert results["prefill"].type == "errored"
     assert results["prefill"].error.error.type == "invalid_request_error"
     assert results["prefill"].error.error.message == fake_anthropic.PREFILL_REFUSED
