@@ -40,10 +40,12 @@ params:
 
 # What every agent and stage gets unless it says otherwise.
 defaults:
-  model: claude-sonnet-5-5    # any model id the Anthropic API accepts
+  model: claude-sonnet-5-5    # a current Claude model id; `orchestrate validate` says what a model refuses
   max_parallel: 2             # stages running at once; 1 runs them strictly one after another
+  # effort: medium            # how hard models think: low, medium, high, xhigh or max (unset: the model's own)
 
-# Files pasted into every agent's instructions. Uncomment once they exist (missing ones are warned about).
+# Files every agent is given before its own instructions (cached once for all of them). Uncomment once they
+# exist (missing ones are warned about).
 # context: [AGENTS.md, README.md]
 
 # Settings per agent. An agent's instructions are the Jinja template content/instructions/<agent>.md
