@@ -115,7 +115,16 @@ def model_problems(plan: Plan) -> list[WorkflowError]:
                         (name, f"{facts_for(model).name} refuses {name}; OpenCode would send it", "remove it")
                     )
         for setting, problem, hint in problems:
-            key = (agent, model, setting)
+            # max_tokens and the model are set where every agent of the model reads them: say it once.
+            key = (
+                ("", model, setting)
+                if setting in ("max_tokens", "model") and where[setting][0] == "defaults"
+                else (
+                    agent,
+                    model,
+                    setting,
+                )
+            )
             if key in seen:
                 continue
             seen.add(key)

@@ -83,7 +83,7 @@ class ModelFacts:
     context_window: int | None = None
     # Shortest prompt prefix (tokens) that is cached at a breakpoint; shorter ones are silently not cached.
     cache_min_tokens: int = 4096
-    # Retired models: requests fail. The note says since when and what replaces it.
+    # Retired models: requests fail. "on <date>; use <model>": since when, and what replaces it.
     retired: str = ""
     ids: tuple[str, ...] = field(default=(), init=False)
 
@@ -258,19 +258,19 @@ def _retired(note: str, *ids: str) -> dict[str, str]:
     return dict.fromkeys(ids, note)
 
 
-# Ids the API no longer serves ("Requests to retired models will fail"), with what to use instead.
+# Ids the API no longer serves ("Requests to retired models will fail"): when, and what to use instead.
 RETIRED: dict[str, str] = {
-    **_retired("retired on 2026-11-30; use claude-sonnet-5-5", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
-    **_retired("retired on 2026-08-05; use claude-opus-5-5", "claude-opus-4-1", "claude-opus-4-1-20250805"),
+    **_retired("on 2026-11-30; use claude-sonnet-5-5", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
+    **_retired("on 2026-08-05; use claude-opus-5-5", "claude-opus-4-1", "claude-opus-4-1-20250805"),
     **_retired(
-        "retired on 2026-06-15; use claude-opus-5-5 or claude-sonnet-5-5",
+        "on 2026-06-15; use claude-opus-5-5 or claude-sonnet-5-5",
         "claude-opus-4-0",
         "claude-opus-4-20250514",
         "claude-sonnet-4-0",
         "claude-sonnet-4-20250514",
     ),
     **_retired(
-        "retired; use claude-sonnet-5-5 or claude-haiku-5-5",
+        "; use claude-sonnet-5-5 or claude-haiku-5-5",
         "claude-3-7-sonnet-20250219",
         "claude-3-7-sonnet-latest",
         "claude-3-5-haiku-20241022",
@@ -332,7 +332,8 @@ def setting_problems(
     facts = facts_for(model)
     out: list[tuple[str, str, str]] = []
     if facts.retired:
-        out.append(("model", f"model {model!r} is {facts.retired.split(';')[0]}", facts.retired.split("; ", 1)[-1]))
+        when, _, instead = facts.retired.partition("; ")
+        out.append(("model", f"model {model!r} was retired{' ' + when if when else ''}: requests to it fail", instead))
         return out
     if not facts.known:
         return out

@@ -782,7 +782,8 @@ class _WorkflowBase(_Model):
     pricing: dict[Annotated[StrictStr, Field(min_length=1)], Price] = Field(
         default_factory=dict,
         description="USD prices per million tokens for cost estimates and budgets, by model id or family (opus, "
-        "sonnet, haiku), e.g. {sonnet: {input: 3, output: 15}}. Default: Anthropic's list prices by family.",
+        "sonnet, haiku, fable, mythos), e.g. {sonnet: {input: 2, output: 10}}. Default: each model's list prices "
+        "from the genai-prices package.",
     )
     budget: Budget | None = Field(
         None,

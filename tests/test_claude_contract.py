@@ -340,7 +340,7 @@ stages:
             "Claude Opus 5.5 always thinks; its thinking can't be turned off",
         ),
         ("{model: claude-sonnet-4-6, effort: xhigh}", "Claude Sonnet 4.6 takes effort low, medium, high, max, not"),
-        ("{model: claude-sonnet-4-5}", "model 'claude-sonnet-4-5' is retired on 2026-11-30"),
+        ("{model: claude-sonnet-4-5}", "model 'claude-sonnet-4-5' was retired on 2026-11-30: requests to it fail"),
         ("{model: claude-opus-5-5, opencode: {temperature: 0.2}}", "Claude Opus 5.5 refuses temperature"),
     ],
 )

@@ -307,7 +307,9 @@ class TemplateChecker:
 
     def not_found(self, name: str, agent: str | None) -> WorkflowError:
         wf = self.plan.workflow
-        close = difflib.get_close_matches(name, self.loader.list_templates(), n=1)
+        # Partials (_workflow.md, _rules.md, ...) are pieces of templates, not an agent's instructions.
+        whole = [t for t in self.loader.list_templates() if not t.rsplit("/", 1)[-1].startswith("_")]
+        close = difflib.get_close_matches(name, whole, n=1)
         if agent is None:
             where = wf.locate()
         elif agent in wf.agents and wf.agents[agent].template:
