@@ -66,27 +66,25 @@ def listed_price(usage: dict[str, int], model: str, when: str, batch: bool = Fal
 
 
 def assert_ledger_is_the_listed_price(api: FakeAnthropic, saved: dict[str, Any]) -> None:
-    """Each stage's tokens are what the API reported and its cost genai-prices' price of each request."""
+    """Every attempt's tokens are what the API reported for its request, and its cost genai-prices' price of
+    that request. A stage's requests are sequential, so its attempts and requests pair up in order."""
     reported: dict[str, list[Request]] = {}
     for request in answered(api):
         reported.setdefault(stage_of(request), []).append(request)
     for sid, stage in saved["stages"].items():
-        attempts = stage["attempts"]
-        sent = reported.get(sid, [])
+        attempts, sent = stage["attempts"], reported.get(sid, [])
         assert len(attempts) == len(sent), sid
-        usage = [r.usage for r in sent]
-        assert stage["tokens"] == {
-            "input": sum(u["input_tokens"] for u in usage),
-            "output": sum(u["output_tokens"] for u in usage),
-            "cache_read": sum(u.get("cache_read_input_tokens") or 0 for u in usage),
-            "cache_write": sum(u.get("cache_creation_input_tokens") or 0 for u in usage),
-        }, sid
-        expected = sum(
-            listed_price(r.usage, stage["model"], a["started"], r.batch) for r, a in zip(sent, attempts, strict=True)
-        )
-        assert stage["cost_usd"] == pytest.approx(expected, abs=2e-6), sid
-        for attempt in attempts:
-            assert attempt["cost_usd"] is not None and attempt["cost_usd"] > 0, sid
+        for attempt, request in zip(attempts, sent, strict=True):
+            usage = request.usage
+            assert attempt["tokens"] == {
+                "input": usage["input_tokens"],
+                "output": usage["output_tokens"],
+                "cache_read": usage.get("cache_read_input_tokens") or 0,
+                "cache_write": usage.get("cache_creation_input_tokens") or 0,
+            }, sid
+            listed = listed_price(usage, stage["model"], attempt["started"], request.batch)
+            assert attempt["cost_usd"] == pytest.approx(listed, abs=1e-6) and listed > 0, sid
+        assert stage["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in attempts), abs=1e-6), sid
 
 
 # -- the starter and the examples, with their real default models ------------------------------------------
