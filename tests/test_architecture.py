@@ -22,6 +22,7 @@ HOMES = {
     "jsonschema": {"contracts.py"},
     "referencing": {"contracts.py"},
     "watchfiles": {"watcher.py"},
+    "genai_prices": {"cost.py"},
 }
 
 

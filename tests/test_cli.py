@@ -144,14 +144,14 @@ def test_schema_accepts_both_forms_and_rejects_typos(cli: CliRunner) -> None:
     assert list(validator.iter_errors(typo)) != []
 
 
-def test_validate_does_not_import_anthropic(project: TempProject) -> None:
+def test_validate_imports_neither_anthropic_nor_the_price_tables(project: TempProject) -> None:
     project.workflow(FEATURE)
     code = (
         "import sys\n"
         "from orchestrator.cli import main\n"
         "try:\n    main(['validate', 'workflows/feature.yaml'])\n"
         "except SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('anthropic', 'rich', 'httpx'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('anthropic', 'rich', 'httpx', 'genai_prices'))\n"
         "print(heavy)\n"
     )
     proc = subprocess.run(
