@@ -70,6 +70,7 @@ from .outcomes import (
     StageOutcome,
 )
 from .runners import AttemptRecord, BudgetExhausted, Meter, Runner, StageFailure, StageRequest, Usage
+from .runners.batches import BATCH_TIMEOUT
 from .scopes import scopes_overlap
 from .spend import Purse
 
@@ -530,7 +531,10 @@ class _Run:
             self.outcomes[sid] = outcome
 
     def _timeout_of(self, sid: str) -> float | None:
-        return self.plan.stages[self._spec_id(sid)].timeout or self.options.stage_timeout
+        stage = self.plan.stages[self._spec_id(sid)]
+        if stage.timeout:
+            return stage.timeout
+        return max(self.options.stage_timeout or 0, BATCH_TIMEOUT) if stage.batch else self.options.stage_timeout
 
     def _shortest_timeout(self) -> float | None:
         values = [t for t in (self._timeout_of(sid) for sid in self.plan.order) if t]

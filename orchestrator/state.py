@@ -178,7 +178,7 @@ class StageState(BaseModel):
     item: Any = None  # an instance's item
     conditional: bool = False  # skipped because its ``if`` was false
     notes: list[NoteState] = Field(default_factory=list)
-    batch: BatchState | None = None  # the Message Batch holding its request, while one may be pending
+    batch: BatchState | None = None  # the Message Batch holding its request: a rerun collects it if it has no output
 
 
 class RunState(BaseModel):
@@ -390,8 +390,6 @@ def apply_event(state: RunState, event: Event) -> None:
             state.audit = Verdict.model_validate(event.data)
     elif isinstance(event, StageFailed):
         stage.status = "interrupted" if event.interrupted else "failed"
-        if not event.interrupted:
-            stage.batch = None  # its batch ended and failed it: a rerun sends a new one
         stage.finished = timestamp(event.time)
         stage.duration = event.duration
         stage.error = event.error

@@ -300,6 +300,33 @@ def test_a_batch_stage_costs_half_and_an_interrupted_run_collects_its_batch_inst
     )
 
 
+def test_a_batch_an_earlier_run_left_that_ended_without_a_reply_is_sent_again(
+    api: FakeAnthropic, project: TempProject
+) -> None:
+    project.workflow(BATCHED)
+    api.batch_delay = 30.0
+    env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
+    command = [sys.executable, "-m", "orchestrator", "run", "workflows/feature.yaml", "--task", "t"]
+    first = subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = project.root / "docs/ai/t/events.jsonl"
+    deadline = time.monotonic() + 30
+    while "batch_submitted" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(30) == 130
+    # The batch then ends with its request errored (an overloaded API): not billed, and no reply.
+    api.reply("overloaded", status=529, error="overloaded_error", when=at("summary"), times=1)
+    api.batch_delay = 0.0
+    second = subprocess.run(command, cwd=project.root, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert len(api.batches) == 2  # the failed batch was not the stage's answer: a new one was sent
+    summary = state(project.root, "t")["stages"]["summary"]
+    assert summary["status"] == "succeeded"
+    assert [a["error"] is None for a in summary["attempts"]][-2:] == [False, True]
+    assert summary["batch"]["id"] != next(iter(api.batches))
+
+
 # -- effort, thinking, and what a model refuses -----------------------------------------------------------
 
 
