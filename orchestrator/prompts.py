@@ -224,7 +224,10 @@ def request_builder(
                 parts.append(f"## Stage `{other}` was skipped\n\n({outcome.error})")
             else:
                 text = outcome.output.strip() if outcome is not None else ""
-                parts.append(f"## Output of stage `{other}` ({folder}/stages/{other}.md)\n\n{text or '(empty)'}")
+                # A stage's description lives here, beside its output, rather than in every agent's instructions.
+                purpose = (plan.stages[other].description or "").strip()
+                about = f"Its purpose: {' '.join(purpose.split())}\n\n" if purpose else ""
+                parts.append(f"## Output of stage `{other}` ({folder}/stages/{other}.md)\n\n{about}{text or '(empty)'}")
             inputs[f"need:{other}"] = digest(parts[-1])
         for other in referenced:
             inputs[f"need:{other}"] = digest(outcomes[other].output if other in outcomes else "")
