@@ -223,29 +223,43 @@ def test_prices_come_from_genai_prices_and_the_workflow_overrides_them() -> None
     from genai_prices import Usage as PriceUsage
     from genai_prices import calc_price
 
+    when = 1_796_083_200.0  # 2026-12-01: list prices change over time; these are that day's
+
+    def price(usage: Usage, model: str, overrides: Any = None, batch: bool = False) -> float | None:
+        return estimate(usage, model, overrides, batch=batch, when=when)
+
     usage = Usage(input_tokens=1_000_000, output_tokens=100_000, cache_read_tokens=1_000_000, cache_write_tokens=0)
     # Sonnet 5.5: $2 in, $10 out, $0.10 a cache read (genai-prices, late 2026): not last year's $3/$15.
-    assert estimate(usage, "claude-sonnet-5-5") == pytest.approx(2.0 + 1.0 + 0.1)
+    assert price(usage, "claude-sonnet-5-5") == pytest.approx(2.0 + 1.0 + 0.1)
     listed = calc_price(
         PriceUsage(input_tokens=2_000_000, cache_read_tokens=1_000_000, output_tokens=100_000),
         model_ref="claude-sonnet-5-5",
         provider_id="anthropic",
     )
-    assert estimate(usage, "claude-sonnet-5-5") == pytest.approx(float(listed.total_price))
-    assert estimate(Usage(cache_write_tokens=1_000_000), "claude-opus-5-5") == pytest.approx(5.0)
+    assert estimate(usage, "claude-sonnet-5-5") == pytest.approx(float(listed.total_price))  # today, whatever it is
+    assert price(Usage(cache_write_tokens=1_000_000), "claude-opus-5-5") == pytest.approx(5.0)
     # Haiku 5.5 bills a whole request at its long-prompt rate once the prompt passes 100k tokens.
-    assert estimate(Usage(input_tokens=50_000), "claude-haiku-5-5") == pytest.approx(0.005)
-    assert estimate(Usage(input_tokens=150_000), "claude-haiku-5-5") == pytest.approx(0.075)
-    assert estimate(Usage(input_tokens=1_000_000), "claude-opus-5-5", batch=True) == pytest.approx(2.0)
-    assert estimate(usage, "some-other-model") is None
+    assert price(Usage(input_tokens=50_000), "claude-haiku-5-5") == pytest.approx(0.005)
+    assert price(Usage(input_tokens=150_000), "claude-haiku-5-5") == pytest.approx(0.075)
+    assert price(Usage(input_tokens=1_000_000), "claude-opus-5-5", batch=True) == pytest.approx(2.0)
+    assert price(usage, "some-other-model") is None
     assert not has_price("some-other-model") and has_price("claude-opus-5-5")
     overrides = {"claude-sonnet-5-5": Price(input=1, output=2), "haiku": Price(input=0.5, output=1, cache_read=0)}
-    assert estimate(usage, "claude-sonnet-5-5", overrides) == pytest.approx(1 + 0.2 + 0.1)
-    assert estimate(usage, "claude-haiku-9", overrides) == pytest.approx(0.5 + 0.1)
+    assert price(usage, "claude-sonnet-5-5", overrides) == pytest.approx(1 + 0.2 + 0.1)
+    assert price(usage, "claude-haiku-9", overrides) == pytest.approx(0.5 + 0.1)
+    assert price(usage, "claude-sonnet-5-5", overrides, batch=True) == pytest.approx((1 + 0.2 + 0.1) / 2)
     assert has_price("claude-haiku-9", overrides)
     # The worst case of a request: its input all written to the cache (dearer than plain input), every output token.
-    assert worst_case("claude-sonnet-5-5", 1_000_000, 1_000_000) == pytest.approx(2.5 + 10.0)
-    record = AttemptRecord(1, 1_795_000_000.0, 0.0, Usage(input_tokens=1_000_000), batch=True)  # 2026-11-18
+    assert worst_case("claude-sonnet-5-5", 1_000_000, 1_000_000) == pytest.approx(
+        float(
+            calc_price(
+                PriceUsage(input_tokens=1_000_000, cache_write_tokens=1_000_000, output_tokens=1_000_000),
+                model_ref="claude-sonnet-5-5",
+                provider_id="anthropic",
+            ).total_price
+        )
+    )
+    record = AttemptRecord(1, when, 0.0, Usage(input_tokens=1_000_000), batch=True)
     assert Pricing().cost(record, "claude-sonnet-5-5") == pytest.approx(1.0)
 
 
