@@ -264,12 +264,11 @@ stages:
 """
 
 
-def test_a_batch_stage_costs_half_and_an_interrupted_run_collects_its_batch_instead_of_paying_again(
-    api: FakeAnthropic, project: TempProject
-) -> None:
+def interrupted_while_batched(api: FakeAnthropic, project: TempProject) -> tuple[list[str], dict[str, str]]:
+    """Run BATCHED as a user would and press Ctrl-C once its batch is submitted (and still in progress);
+    the command and environment to run it again."""
     project.workflow(BATCHED)
-    api.reply("A paragraph.", when=at("summary"), usage={"input_tokens": 100_000, "output_tokens": 1000})
-    api.batch_delay = 30.0  # the batch stays in progress until this test lets it end
+    api.batch_delay = 30.0  # the batch stays in progress until the test lets it end
     env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
     command = [sys.executable, "-m", "orchestrator", "run", "workflows/feature.yaml", "--task", "t"]
     first = subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -280,6 +279,14 @@ def test_a_batch_stage_costs_half_and_an_interrupted_run_collects_its_batch_inst
         time.sleep(0.05)
     first.send_signal(signal.SIGINT)
     assert first.wait(30) == 130
+    return command, env
+
+
+def test_a_batch_stage_costs_half_and_an_interrupted_run_collects_its_batch_instead_of_paying_again(
+    api: FakeAnthropic, project: TempProject
+) -> None:
+    api.reply("A paragraph.", when=at("summary"), usage={"input_tokens": 100_000, "output_tokens": 1000})
+    command, env = interrupted_while_batched(api, project)
     saved = state(project.root, "t")
     assert saved["stages"]["summary"]["status"] == "interrupted"
     batch = saved["stages"]["summary"]["batch"]
@@ -303,18 +310,7 @@ def test_a_batch_stage_costs_half_and_an_interrupted_run_collects_its_batch_inst
 def test_a_batch_an_earlier_run_left_that_ended_without_a_reply_is_sent_again(
     api: FakeAnthropic, project: TempProject
 ) -> None:
-    project.workflow(BATCHED)
-    api.batch_delay = 30.0
-    env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
-    command = [sys.executable, "-m", "orchestrator", "run", "workflows/feature.yaml", "--task", "t"]
-    first = subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = project.root / "docs/ai/t/events.jsonl"
-    deadline = time.monotonic() + 30
-    while "batch_submitted" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.05)
-    first.send_signal(signal.SIGINT)
-    assert first.wait(30) == 130
+    command, env = interrupted_while_batched(api, project)
     # The batch then ends with its request errored (an overloaded API): not billed, and no reply.
     api.reply("overloaded", status=529, error="overloaded_error", when=at("summary"), times=1)
     api.batch_delay = 0.0
