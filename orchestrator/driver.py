@@ -43,7 +43,7 @@ from .fingerprint import digest
 from .outcomes import Instance, Progress, StageInput, StageOutcome
 from .prompts import decide_condition, foreach_items, request_builder
 from .report import render_markdown
-from .run import PreparedRun
+from .run import PreparedRun, workspace_manifests
 from .runners import Usage
 from .state import RunState, StateStore
 
@@ -81,7 +81,7 @@ class Driver:
         self.clock = clock
         # The state as read needs no rewrite; what changes is written when the command is done.
         self.store = StateStore(prepared.folder, state, render_markdown, threaded=False, snapshot=snapshot)
-        self.build = request_builder(prepared, rejected_notes(state))
+        self.build = request_builder(prepared, rejected_notes(state), workspace_manifests(prepared))
         self.decide = decide_condition(prepared)
         self.items = foreach_items(prepared)
         self.approvals = Approvals(prepared.folder, state)

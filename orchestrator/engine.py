@@ -26,7 +26,7 @@ import asyncio
 import heapq
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .audit import Finding, Verdict, VerdictError, parse_verdict
@@ -608,7 +608,8 @@ class _Run:
         self.ran.add(sid)
         outcome = await self._run_stage(sid, stage_input, recalled)
         if outcome.status == "succeeded" and stage.gated:
-            return self._gate(sid, outcome, stage_input)
+            # A person approves the output as recorded: its fingerprint over the workspace the stage left.
+            return self._gate(sid, outcome, replace(stage_input, fingerprint=outcome.fingerprint))
         return outcome
 
     def _over_budget(self, sid: str, stage_input: StageInput) -> str:
@@ -741,6 +742,8 @@ class _Run:
                 self.deadlines.pop(sid, None)
                 release()
             if error is None:
+                if stage_input.settle is not None:  # recorded as it left the workspace (see StageInput.settle)
+                    stage_input = await asyncio.to_thread(stage_input.settle)
                 output = _normal(result.output)
                 duration = time.monotonic() - started
                 outcome = StageOutcome(

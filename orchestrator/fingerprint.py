@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ _LABELS = (
     ("param:", "param {} changed"),
     ("template", "the stage's prompt changed"),
     ("need:", "upstream {} re-ran"),
+    ("workspace", "files it can see changed"),
     ("feedback", "the audit sent it back with findings"),
     ("note:", "the approval note of {} changed"),
     ("rejected", "its last output was rejected"),
@@ -75,11 +76,17 @@ _LABELS = (
 )
 
 
-def describe_change(old: Mapping[str, str], new: Mapping[str, str], ran: Set[str] = frozenset()) -> str:
+def describe_change(
+    old: Mapping[str, str],
+    new: Mapping[str, str],
+    ran: Set[str] = frozenset(),
+    manifest: Callable[[str], Mapping[str, str] | None] | None = None,
+) -> str:
     """Why a stage with inputs ``old`` must run again now that they are ``new``, in words.
 
     ``ran`` are the stages that ran in this run (so a changed need "re-ran", else its
-    output "changed").
+    output "changed"); ``manifest`` finds the workspace manifest a ``workspace`` input
+    names, so changed files can be named.
     """
     changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
     if "system" not in changed:  # a template edit that renders the same text changes nothing
@@ -105,11 +112,23 @@ def describe_change(old: Mapping[str, str], new: Mapping[str, str], ran: Set[str
             reasons.append(f"runner changed: {before} → {after}" if before != after else "canned replies changed")
         elif prefix == "model" and "model" in old and "model" in new:
             reasons.append(f"model changed: {old['model']} → {new['model']}")
+        elif prefix == "workspace":
+            reasons.append(_files_changed(old.get("workspace"), new.get("workspace"), manifest))
         else:
             reasons.append(label.format(", ".join(names)))
     if not reasons:
         return "its prompt changed" if "message" in changed else "its request changed"
     return "; ".join(reasons)
+
+
+def _files_changed(old: str | None, new: str | None, manifest: Callable[[str], Mapping[str, str] | None] | None) -> str:
+    before = manifest(old) if manifest is not None and old else None
+    after = manifest(new) if manifest is not None and new else None
+    if before is None or after is None:
+        return "files it can see changed"
+    paths = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return f"files it can see changed: {shown}" if paths else "files it can see changed"
 
 
 @dataclass(frozen=True)
@@ -148,10 +167,17 @@ class Memo:
     task's state folder holding ``stages/<id>.md``.
     """
 
-    def __init__(self, folder: Path, records: Mapping[str, Record], forced: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        records: Mapping[str, Record],
+        forced: Mapping[str, str] | None = None,
+        manifest: Callable[[str], Mapping[str, str] | None] | None = None,
+    ) -> None:
         self.folder = folder
         self.records = records
         self.forced = dict(forced or {})
+        self.manifest = manifest  # a workspace manifest by its key, to name the files that changed
 
     def obstacle(self, stage: str) -> str | None:
         """Why ``stage`` must run whatever its inputs are (forced, never finished, rejected), or None."""
@@ -173,7 +199,7 @@ class Memo:
             return obstacle
         record = self.records[stage]
         if record.fingerprint != fingerprint:
-            return describe_change(record.inputs or {}, inputs, ran)
+            return describe_change(record.inputs or {}, inputs, ran, self.manifest)
         if record.gate:
             return Recalled("", None, "", record.run_id, f"unchanged since run {record.run_id}")
         output = self.folder / "stages" / f"{stage}.md"

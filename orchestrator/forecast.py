@@ -172,8 +172,8 @@ def forecast_run(prepared: PreparedRun, counter: TokenCounter | None = None) -> 
     plan = prepared.compiled.plan
     workflow = plan.workflow
     previous = load_previous(prepared)
-    session = start_session(prepared, previous, "forecast")
-    build = request_builder(prepared, session.rejected)
+    session = start_session(prepared, previous, "forecast", dry=True)
+    build = request_builder(prepared, session.rejected, session.workspace)
     condition = decide_condition(prepared)
     outcomes = {sid: StageOutcome("pending") for sid in plan.order}
     progress = Progress(outcomes, session.feedback, {}, session.round)

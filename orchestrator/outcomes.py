@@ -8,7 +8,7 @@ run wires to the state folder; the engine knows nothing else about it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -89,6 +89,9 @@ class StageInput:
     inputs: Mapping[str, str]
     fingerprint: str
     min_tokens: int = 0  # the fewest input tokens the request can send, for the budget's check before it starts
+    # For a stage that acts in the workspace: its input as recorded once it has acted (its fingerprint over
+    # the workspace it left), so that a rerun with nothing changed since keeps it.
+    settle: Callable[[], StageInput] | None = None
 
     @classmethod
     def of(cls, request: StageRequest, inputs: Mapping[str, str] | None = None, min_tokens: int = 0) -> StageInput:

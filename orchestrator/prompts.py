@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from .audit import verdict_schema
 from .cost import token_range
 from .fingerprint import digest, request_fingerprint
+from .manifest import Manifests
 from .outcomes import Progress, StageInput
 from .params import param_text
 from .runners import ShellCommand, StageRequest
@@ -123,12 +125,14 @@ def foreach_items(prepared: RunInputs) -> Callable[[str, Progress], Any]:
 
 
 def request_builder(
-    prepared: RunInputs, rejected: Mapping[str, str] | None = None
+    prepared: RunInputs, rejected: Mapping[str, str] | None = None, workspace: Manifests | None = None
 ) -> Callable[[str, Progress], StageInput]:
     """The function the engine calls to build a stage's input once its needs are done.
 
     ``rejected`` maps stages whose last output a person rejected to the note: such a
-    stage is told so (and why) when it runs again.
+    stage is told so (and why) when it runs again. ``workspace`` takes the manifests of
+    what stages that act (tools, commands, agent CLIs) see; without it their fingerprint
+    is their request alone.
     """
     plan = prepared.compiled.plan
     workflow = plan.workflow
@@ -324,10 +328,21 @@ def request_builder(
         # The fewest tokens it can send: the budget's check before a stage starts prices them at the cheapest
         # (read from the cache); each request's worst case is reserved when it is sent.
         low, _ = token_range(len(request.brief) + len(request.system) + len(message))
-        fingerprint = digest(
-            request_fingerprint(request, system_sha[agent], brief_sha[agent]) + runner_keys[spec_id], 64
-        )
-        return StageInput(request, inputs, fingerprint, low)
+        base = request_fingerprint(request, system_sha[agent], brief_sha[agent]) + runner_keys[spec_id]
+        acts = (bool(tools) and not prepared.offline) or runner_keys[spec_id] in ("claude-code", "opencode")
+        return seeing(request, inputs, base, low) if acts else StageInput(request, inputs, digest(base, 64), low)
+
+    def seeing(request: StageRequest, inputs: dict[str, str], base: str, low: int = 0) -> StageInput:
+        """The input of a stage that acts in the workspace: what it sees there is part of its fingerprint. It is
+        recorded as the stage left the workspace (``settle``), so an unchanged rerun finds what it left."""
+        if workspace is None:
+            return StageInput(request, inputs, digest(base, 64), low)
+
+        def settle() -> StageInput:
+            key, _ = workspace.take()
+            return StageInput(request, {**inputs, "workspace": key}, digest(base + key, 64), low)
+
+        return replace(settle(), settle=settle)
 
     def shell_input(sid: str, spec_id: str, progress: Progress) -> StageInput:
         stage = plan.stages[spec_id]
@@ -347,6 +362,6 @@ def request_builder(
             "command": digest(json.dumps(request.settings(), sort_keys=True)),
             **{f"need:{n}": digest(progress.outcomes[n].output) for n in stage.needs if n in progress.outcomes},
         }
-        return StageInput(request, inputs, digest(request_fingerprint(request) + "shell", 64))
+        return seeing(request, inputs, request_fingerprint(request) + "shell")
 
     return build

@@ -35,8 +35,9 @@ from .fingerprint import Memo, Record, digest
 from .guard import WorkspaceGuard
 from .loader import load_mapping
 from .lock import TaskLock
+from .manifest import Manifests
 from .params import check_stage, check_task, param_text, parse_param_args, resolve_params
-from .project import Project
+from .project import INSTRUCTIONS_DIR, OUTPUT_DIR, Project
 from .prompts import decide_condition, foreach_items, request_builder
 from .report import render_markdown
 from .runners import Runner
@@ -59,6 +60,7 @@ __all__ = [
     "run_async",
     "run_prepared",
     "start_session",
+    "workspace_manifests",
 ]
 
 # A stored run that ended in one of these is continued by the next `orchestrate run`; any other starts anew.
@@ -270,6 +272,7 @@ class Session:
     sources: dict[str, str] = field(default_factory=dict)
     # Batches an earlier run submitted and never collected: stage -> (fingerprint, batch id, custom id).
     batches: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    workspace: Manifests | None = None  # what stages that act see of the workspace
 
     @property
     def rejected(self) -> dict[str, str]:
@@ -314,7 +317,24 @@ def changes_since(previous: RunState | None, prepared: PreparedRun, current: Map
     return out
 
 
-def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str | None = None) -> Session:
+def workspace_manifests(prepared: PreparedRun, *, keep: bool = True) -> Manifests:
+    """What stages that act see of the workspace, without orchestrate's own files (workflows, templates, state,
+    compiled output, recordings: what a stage is told of them is in its request already); manifests are kept
+    in the task's state folder (``keep=False``: read there, never written)."""
+    ignore = _inside(
+        prepared.root,
+        prepared.folder.parent,
+        prepared.root / OUTPUT_DIR,
+        prepared.root / INSTRUCTIONS_DIR,
+        prepared.workflow_path.parent,
+        prepared.record,
+    )
+    return Manifests(prepared.root, ignore, prepared.folder / "workspace", keep=keep)
+
+
+def start_session(
+    prepared: PreparedRun, previous: RunState | None, run_id: str | None = None, *, dry: bool = False
+) -> Session:
     plan = prepared.compiled.plan
     same_workflow = previous is not None and previous.workflow == plan.workflow.name
     resume = previous is not None and same_workflow and previous.status in RESUMABLE and not prepared.force
@@ -335,6 +355,7 @@ def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str 
                 rejected=rejected,
             )
     sources = _sources(prepared)
+    workspace = workspace_manifests(prepared, keep=not dry)
     batches: dict[str, tuple[str, str, str]] = {}
     if previous is not None and same_workflow:
         for sid, stage in previous.stages.items():
@@ -347,7 +368,8 @@ def start_session(prepared: PreparedRun, previous: RunState | None, run_id: str 
         run_id=previous.run_id if resume and previous is not None else (run_id or uuid.uuid4().hex[:12]),
         resume=resume,
         previous=previous,
-        memo=Memo(prepared.folder, records, prepared.forced),
+        memo=Memo(prepared.folder, records, prepared.forced, workspace.get),
+        workspace=workspace,
         approvals=Approvals(prepared.folder, previous if same_workflow else None),
         feedback=feedback,
         spent_usd=(previous.cost_usd or 0.0) if resume and previous is not None else 0.0,
@@ -373,7 +395,7 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
     for sid in plan.order:
         spec = plan.stages[sid]
         fresh = StageState(
-            id=sid, agent=spec.agent or "", model=plan.model_for(sid), needs=list(spec.needs), gate=not spec.runs_agent
+            id=sid, agent=spec.agent or "", model=plan.model_for(sid), needs=list(spec.needs), gate=not spec.has_output
         )
         old = previous.stages.get(sid) if previous is not None and same else None
         if old is not None:
@@ -482,7 +504,7 @@ async def run_async(
         try:
             return await execute(
                 plan,
-                build_request=request_builder(prepared, session.rejected),
+                build_request=request_builder(prepared, session.rejected, session.workspace),
                 runner_for=runner_for,
                 listeners=[store, *listeners],
                 options=EngineOptions(

@@ -33,14 +33,16 @@ def _tail(text: str) -> str:
     return ("[… earlier lines cut …]\n" if cut else "") + kept
 
 
-def _ended(result: ProcessResult) -> str:
+def _ended(result: ProcessResult, *, timed: bool = True) -> str:
+    """How the command ended; ``timed=False`` leaves out how long it took (an output must not change with the
+    clock, or a stage that reads it would run again for nothing: the duration is in the state)."""
     if result.timed_out:
         ended = "timed out"
     elif result.exit_code is None:
         ended = "could not start"
     else:
         ended = f"exit code {result.exit_code}"
-    return f"{ended} after {result.duration:.1f} s"
+    return f"{ended} after {result.duration:.1f} s" if timed else ended
 
 
 def _tails(result: ProcessResult) -> str:
@@ -54,7 +56,7 @@ def _tails(result: ProcessResult) -> str:
 def describe_run(command: str, cwd: str, result: ProcessResult) -> str:
     """The stage's output: the command, how it ended, and the tails of what it printed."""
     where = "" if cwd in ("", ".") else f" (in {cwd}/)"
-    return f"$ {command}{where}\n{_ended(result)}\n\n{_tails(result)}\n"
+    return f"$ {command}{where}\n{_ended(result, timed=False)}\n\n{_tails(result)}\n"
 
 
 class ShellRunner:

@@ -1,0 +1,113 @@
+"""Stages that act see the workspace: a command after a stage that changed files runs again, on the files as
+they are now, and says which files changed; with nothing changed, a rerun keeps everything and sends nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .conftest import CliRunner, TempProject
+from .fake_anthropic import DEFAULT_VERDICT, FakeAnthropic
+
+WORKFLOW = """
+name: change
+agents:
+  editor: {template: build.md, tools: [read, edit]}
+stages:
+  - {id: plan, agent: plan, prompt: Plan the change.}
+  - id: edit
+    agent: editor
+    needs: [plan]
+    writes: ["src/**"]
+    prompt: Write the greeting.
+  - id: tests
+    needs: [edit]
+    run: python -c "print('app says:', open('src/app.py').read().strip())"
+  - {id: audit, agent: auditor, needs: [tests]}
+"""
+
+
+def at(stage: str) -> str:
+    return f": stage `{stage}` of workflow"
+
+
+def script_edit(api: FakeAnthropic, greeting: str) -> None:
+    write = {"command": "create", "path": "src/app.py", "file_text": f"{greeting}\n"}
+    api.script(f"{at('edit')}", [{"name": "edit", "input": write}, f"Wrote {greeting}."])
+
+
+def state(project: TempProject) -> dict[str, Any]:
+    return json.loads((project.root / "docs/ai/t/state.json").read_text())
+
+
+def stages_sent(api: FakeAnthropic) -> list[str]:
+    return [r.text().split("stage `", 1)[1].split("`", 1)[0] for r in api.messages()]
+
+
+def test_a_command_after_an_edit_reruns_on_the_new_files_and_an_unchanged_rerun_keeps_all(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject, monkeypatch: Any
+) -> None:
+    import os
+    import sys
+
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    project.workflow(WORKFLOW, name="change")
+    project.write("src/app.py", "hello\n")
+    script_edit(api, "hello, world")
+    api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
+    run = ("run", "workflows/change.yaml", "--task", "t")
+    assert cli(*run, cwd=project.root).code == 0
+    first = state(project)
+    assert first["stages"]["tests"]["gate"] is False  # a command stage, not an approval gate
+    assert "app says: hello, world" in (project.root / "docs/ai/t/stages/tests.md").read_text()
+    assert "after" not in (project.root / "docs/ai/t/stages/tests.md").read_text()  # no clock in the output
+    assert first["stages"]["tests"]["inputs"]["workspace"]
+
+    sent = len(api.messages())
+    again = cli(*run, cwd=project.root)
+    assert again.code == 0, again.out
+    assert len(api.messages()) == sent  # nothing changed: nothing sent
+    kept = state(project)
+    assert all(stage["reused"] for stage in kept["stages"].values())
+    assert (project.root / "docs/ai/t/stages/tests.md").read_text().count("app says: hello, world") == 1
+
+    # The edit stage's prompt changes, and it writes something else: the tests must see it, and the audit too.
+    project.workflow(WORKFLOW.replace("Write the greeting.", "Write a friendlier greeting."), name="change")
+    api.rules.clear()
+    script_edit(api, "hi there")
+    api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
+    third = cli(*run, cwd=project.root)
+    assert third.code == 0, third.out
+    after = state(project)
+    assert after["stages"]["edit"]["reused"] is False
+    assert after["stages"]["tests"]["reused"] is False
+    assert after["stages"]["tests"]["reason"] == "upstream edit re-ran; files it can see changed: src/app.py"
+    assert "app says: hi there" in (project.root / "docs/ai/t/stages/tests.md").read_text()
+    audit = [r for r in api.messages() if at("audit") in r.text()][-1]
+    assert "app says: hi there" in audit.text() and "hello, world" not in audit.text()
+    markdown = (project.root / "docs/ai/t/workflow-state.md").read_text()
+    assert "approval" not in markdown.split("## ")[1]  # the stage table calls the tests a command
+
+
+def test_a_file_changed_by_hand_reruns_the_stages_that_see_it(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject, monkeypatch: Any
+) -> None:
+    import os
+    import sys
+
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    project.workflow(WORKFLOW, name="change")
+    project.write("src/app.py", "hello\n")
+    script_edit(api, "hello, world")
+    api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
+    run = ("run", "workflows/change.yaml", "--task", "t")
+    assert cli(*run, cwd=project.root).code == 0
+    Path(project.root / "README.md").write_text("A note added by hand.\n")
+    plan = json.loads(cli("plan", "workflows/change.yaml", "--task", "t", "--json", cwd=project.root).out)
+    actions = {s["stage"]: (s["action"], s["reason"]) for s in plan["stages"]}
+    assert actions["plan"][0] == "keep"  # it acts on nothing: the workspace is not its input
+    assert actions["edit"][0] == "run" and actions["edit"][1].startswith("files it can see changed: README.md")
+    result = cli(*run, cwd=project.root)
+    assert result.code == 0
+    assert state(project)["stages"]["edit"]["reason"] == "files it can see changed: README.md"
