@@ -9,6 +9,25 @@ from pathlib import Path
 __all__ = ["atomic_write"]
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else by setting and
+    restoring it (done once, at import, before any thread of ours runs)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# New files get the mode any program's would (0666 less the umask), not the temp file's 0600.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path, content: bytes, *, durable: bool = True) -> None:
     """Write ``content`` to a temp file in the same folder, fsync it, then rename it over ``path``.
 
@@ -20,6 +39,7 @@ def atomic_write(path: Path, content: bytes, *, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             if durable:

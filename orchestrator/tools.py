@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .fileio import FILE_MODE
 from .workspace import BashPolicy, Refusal, Workspace, truncate
 
 __all__ = ["TOOL_NAMES", "ToolReply", "call_tool", "tool_definitions"]
@@ -340,8 +341,8 @@ def _split_lines(text: str) -> list[str]:
 
 
 def _write(target: Path, text: str) -> None:
-    """Replace ``target`` atomically, keeping its permission bits (0o644 for a new file)."""
-    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o644
+    """Replace ``target`` atomically, keeping its permission bits (a new file's: 0666 less the umask)."""
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else FILE_MODE
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=".edit-", suffix=".tmp", dir=target.parent)
     try:

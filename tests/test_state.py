@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from orchestrator.cost import Pricing
 from orchestrator.engine import EngineOptions, execute
@@ -72,3 +76,16 @@ def test_markdown_escapes_table_breaking_text(tmp_path: Path) -> None:
     text = render_markdown(state)
     assert "| a \\| b c |" in text
     assert "- Stage `plan` failed: a | b c. Fix the cause." in text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_orchestrate_writes_honour_the_umask(umask: int, tmp_path: Path) -> None:
+    """Not the 0600 of a temp file: a teammate's tools (and git) read the state folder too."""
+    code = (
+        f"import os; os.umask({umask})\n"
+        "from pathlib import Path\n"
+        "from orchestrator.fileio import atomic_write\n"
+        f"atomic_write(Path({str(tmp_path / 'state.json')!r}), b'{{}}')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o666 & ~umask
