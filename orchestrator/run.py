@@ -408,6 +408,9 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
                 fresh.status = "interrupted"
             if not resume and old.status == "succeeded" and not old.reused:
                 fresh.from_run = old.from_run or previous.run_id  # type: ignore[union-attr]
+        noted = previous.stages.get(sid) if previous is not None and previous.workflow == plan.workflow.name else None
+        if noted is not None and noted.notes:  # people's notes on a stage outlive its reruns, --force included
+            fresh = fresh.model_copy(update={"notes": noted.notes})
         stages[sid] = fresh
         if old is not None and spec.foreach and previous is not None:  # its instances, until it expands again
             for iid in old.instances:

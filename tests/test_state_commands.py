@@ -296,3 +296,13 @@ def test_state_paths_are_checked(project: TempProject, cli: CliRunner, tmp_path:
     bad = cli("state", "next", "../escape", cwd=project.root)
     assert bad.code == 2 and "Traceback" not in bad.err
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_note_left_on_a_stage_stays_through_the_next_run(feature: TempProject, cli: CliRunner) -> None:
+    run = ("run", "workflows/feature.yaml", "--task", "t", "--param", "goal=x", "--offline")
+    assert cli(*run, cwd=feature.root).code == 0
+    assert cli("state", "note", "t", "plan", "The plan leaves out the password reset.", cwd=feature.root).code == 0
+    assert cli(*run, "--force", cwd=feature.root).code == 0
+    saved = json.loads((feature.root / "docs/ai/t/state.json").read_text())
+    assert [n["text"] for n in saved["stages"]["plan"]["notes"]] == ["The plan leaves out the password reset."]
+    assert "The plan leaves out the password reset." in (feature.root / "docs/ai/t/workflow-state.md").read_text()
