@@ -71,7 +71,7 @@ RESUMABLE = frozenset({"running", "interrupted", "waiting_approval", "budget_exc
 class RunRequest:
     """What the user asked for on the command line."""
 
-    task: str
+    task: str  # "": the workflow's name
     param_args: Sequence[str] = ()
     params_file: Path | None = None
     max_parallel: int | None = None
@@ -156,7 +156,7 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
     """Check everything a run needs without calling any API; raise user errors (exit 2) before writing."""
     compiled = compile_workflow(workflow_path, project)
     plan = compiled.plan
-    task = check_task(request.task)
+    task = check_task(request.task or plan.workflow.name)  # no task named: the workflow's name
     from_file = (
         load_mapping(request.params_file, display=str(request.params_file), what="params file")
         if request.params_file

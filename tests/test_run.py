@@ -332,3 +332,15 @@ def test_errors_in_files_given_by_path_are_named_as_typed(feature: TempProject, 
     result = run_offline(feature, cli, "--responses", "responses.yaml")
     assert result.code == 2
     assert result.err.startswith("Error: responses.yaml:2:1: invalid YAML")
+
+
+def test_run_without_a_task_uses_the_workflows_name_and_says_so(feature: TempProject, cli: CliRunner) -> None:
+    """`orchestrate run workflows/feature.yaml`, as the product describes it, runs (and resumes) a task."""
+    result = cli("run", "workflows/feature.yaml", "--param", "goal=x", "--offline", cwd=feature.root)
+    assert result.code == 0, result.err
+    assert "note: task feature (the workflow's name); name another with --task NAME" in result.err
+    assert (feature.root / "docs/ai/feature/state.json").is_file()
+    again = cli("run", "workflows/feature.yaml", "--param", "goal=x", "--offline", cwd=feature.root)
+    assert again.code == 0 and "unchanged since run" in again.out
+    planned = cli("plan", "workflows/feature.yaml", "--param", "goal=x", cwd=feature.root)
+    assert planned.code == 0 and planned.out.startswith("workflows/feature.yaml, task feature (")

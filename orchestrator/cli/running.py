@@ -32,7 +32,11 @@ from .base import (
 def run_options(func: Any) -> Any:
     """The options ``run`` and ``plan`` share: what to run, with which inputs."""
     options = [
-        click.option("--task", required=True, help="Name of this piece of work; its state goes to docs/ai/<task>/."),
+        click.option(
+            "--task",
+            default="",
+            help="Name of this piece of work; its state goes to docs/ai/<task>/. Default: the workflow's name.",
+        ),
         click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A workflow param (repeatable)."),
         click.option(
             "--params-file",
@@ -121,6 +125,8 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
 
     project = _project(workflow, root)
     prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
+    if not options.get("task"):
+        _err(f"note: task {prepared.task} (the workflow's name); name another with --task NAME")
     if prepared.needs_api and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         raise UsageError(
             "ANTHROPIC_API_KEY is not set, so the stages can't reach Claude",
