@@ -21,7 +21,7 @@ from types import TracebackType
 
 from .errors import StateError
 
-__all__ = ["LOCK_FILE", "TaskLock"]
+__all__ = ["LOCK_FILE", "TaskLock", "is_held"]
 
 LOCK_FILE = ".lock"
 
@@ -95,6 +95,25 @@ class TaskLock:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+def is_held(folder: Path) -> bool:
+    """Whether a live process holds the task's lock now (a killed run's lock file stays, but not its lock)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock this check took
+    return False
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -52,6 +52,7 @@ from .events import (
     to_json,
 )
 from .fileio import atomic_write
+from .lock import is_held
 from .outcomes import RunStatus as Ended
 from .outcomes import StageStatus
 from .runners import Usage
@@ -67,6 +68,7 @@ __all__ = [
     "Tokens",
     "apply_event",
     "load_state",
+    "observed_state",
     "read_events",
     "recover_state",
     "timestamp",
@@ -288,6 +290,20 @@ def recover_state(folder: Path, *, display: str | None = None) -> RunState:
     for position, event in read_events(folder, state.log_offset):
         apply_event(state, event)
         state.log_offset = position
+    return state
+
+
+def observed_state(folder: Path, *, display: str | None = None) -> RunState:
+    """The task's state as a reader should see it now (``status``, ``explain``): ``recover_state``, except that
+    an ``orchestrate run`` whose process is gone (killed: it holds no lock) is interrupted, not running."""
+    state = recover_state(folder, display=display)
+    if state.driver == "run" and state.status == "running" and not is_held(folder):
+        state.status = "interrupted"
+        state.note = state.note or "its process is gone (it was killed, or its machine stopped)"
+        for stage in state.stages.values():
+            if stage.status == "running":
+                stage.status = "interrupted"
+                stage.error = stage.error or "its run's process is gone"
     return state
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -289,3 +290,17 @@ def test_sigkill_mid_run_leaves_files_that_parse_and_finished_outputs_intact(
     assert (folder / "stages/frontend.md").read_text() == "FRONTEND DONE\n"
     assert (folder / "workflow-state.md").read_text().startswith("# feature: k\n")
     assert not [p for p in folder.rglob("*.tmp")]
+    # Its lock file is still there, but no process holds it: status and explain say it was interrupted.
+    assert (folder / ".lock").exists()
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "status", "k"], cwd=feature.root, capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and "feature: k: interrupted" in shown.stdout, shown.stdout
+    assert re.search(r"\n  backend +interrupted", shown.stdout) and "Continue with `orchestrate run" in shown.stdout
+    why = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "explain", "k", "backend"],
+        cwd=feature.root,
+        capture_output=True,
+        text=True,
+    )
+    assert why.returncode == 0 and "running" not in why.stdout.split("\n", 1)[0], why.stdout

@@ -274,12 +274,12 @@ def explain(task: str, stage: str, root: Path | None) -> int:
     with _paused_gc():
         from ..explain import explain_stage
         from ..params import check_stage, check_task
-        from ..state import read_events, recover_state
+        from ..state import observed_state, read_events
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)
     shown = _shown(folder)
-    state = recover_state(folder, display=shown)
+    state = observed_state(folder, display=shown)
     check_stage(stage, state.stages, f"task {task!r} has no stage {stage!r}")
     events = [event for _, event in read_events(folder)]
     for line in explain_stage(state, stage, events, shown):
@@ -365,11 +365,11 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
     with _paused_gc():
         from ..params import check_task
         from ..report import summary_lines
-        from ..state import recover_state
+        from ..state import observed_state
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)
-    state = recover_state(folder, display=_shown(folder))
+    state = observed_state(folder, display=_shown(folder))
     if as_json:
         click.echo(state.model_dump_json(indent=2))
     else:
