@@ -483,14 +483,14 @@ class _Run:
         """Apply decisions people made while the run went on."""
         for sid, stage_input in list(self.waiting_gates.items()):
             outcome = self.outcomes[sid]
-            decision = self.gates.decision(sid, stage_input.fingerprint, digest(outcome.output, 64))
+            decision = self.gates.decision(sid, stage_input.fingerprint, _output_sha(outcome, stage_input))
             if decision is None:
                 continue
             del self.waiting_gates[sid]
             self._settle(sid, self._decided(sid, outcome, stage_input, decision))
 
     def _gate(self, sid: str, outcome: StageOutcome, stage_input: StageInput) -> StageOutcome:
-        output_sha = digest(outcome.output, 64) if stage_input.request is not None else ""
+        output_sha = _output_sha(outcome, stage_input)
         decision = self.gates.decision(sid, stage_input.fingerprint, output_sha)
         if decision is None and self.options.approve_all:
             decision = Decision(True, "", "--approve-all")
@@ -814,6 +814,12 @@ class _Run:
 
 
 BLOCKED = "the agent reported itself blocked: "
+
+
+def _output_sha(outcome: StageOutcome, stage_input: StageInput) -> str:
+    """What a decision on a gate is bound to besides its fingerprint: the output a person saw (none for a pure
+    approval stage, which has no output)."""
+    return digest(outcome.output, 64) if stage_input.request is not None else ""
 
 
 def _blocked_reason(output: str) -> str | None:

@@ -448,3 +448,40 @@ def test_plan_forecasts_without_requests_and_explain_says_why(
     assert "request 1 succeeded" in explained.out
     unknown = cli("explain", "add-login", "backnd", cwd=feature.root)
     assert unknown.code == 2 and "did you mean 'backend'?" in unknown.err
+
+
+LIVE_GATE = """
+name: live
+stages:
+  - {id: draft, agent: build, prompt: Draft it.}
+  - {id: review, type: approval, needs: [draft], approval: Read the draft.}
+  - {id: slow, agent: build, prompt: Take your time.}
+  - {id: publish, agent: build, needs: [review], prompt: Publish it.}
+  - {id: audit, agent: auditor, needs: [publish, slow]}
+"""
+
+
+def test_a_decision_on_an_approval_stage_reaches_the_run_that_waits_for_it(
+    api: FakeAnthropic, project: TempProject
+) -> None:
+    """approve while the run goes on (another stage is still working): it carries on past the gate."""
+    project.workflow(LIVE_GATE, name="live")
+    api.reply("A draft.", when=at("draft"))
+    api.reply("Took it.", when=at("slow"), delay=4)
+    api.reply("Published.", when=at("publish"))
+    api.reply(json.dumps(VERDICT_PASS), when=at("audit"))
+    env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
+    command = [sys.executable, "-m", "orchestrator", "run", "workflows/live.yaml", "--task", "t"]
+    running = subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = project.root / "docs/ai/t/events.jsonl"
+    deadline = time.monotonic() + 30
+    while "approval_requested" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and running.poll() is None
+        time.sleep(0.05)
+    approve = [sys.executable, "-m", "orchestrator", "approve", "t", "review", "--note", "Ship it"]
+    assert subprocess.run(approve, cwd=project.root, capture_output=True, timeout=60).returncode == 0
+    out, _ = running.communicate(timeout=60)
+    assert running.returncode == 0, out.decode()
+    saved = state_of(project, "t")
+    assert saved["stages"]["review"]["status"] == "succeeded" and saved["stages"]["publish"]["status"] == "succeeded"
+    assert "Note: Ship it" in by_stage(api)["publish"][0].text()
