@@ -231,6 +231,7 @@ class Rule:
     stop_reason: str | None = None
     usage: dict[str, int] | None = None  # reported as given (over DEFAULT_USAGE); None: computed
     drop_after: int | None = None  # streamed replies: close the connection after this many events
+    garble: int | None = None  # streamed replies: the event at this index carries data that is not JSON
     stall: float = 0.0  # streamed replies: seconds to pause after the first event
 
 
@@ -792,12 +793,14 @@ class FakeAnthropic:
         stop_reason: str | None = None,
         drop_after: int | None = None,
         stall: float = 0.0,
+        garble: int | None = None,
     ) -> None:
         """Add a reply for requests whose text contains ``when`` (or for which it returns True).
 
         ``delay`` seconds pass before the reply (the server is threaded: others go on meanwhile).
         A streamed reply with ``drop_after=N`` stops after its first N events (``message_start``
-        is the first) with the connection closed mid-body; ``stall`` seconds pass after its first event.
+        is the first) with the connection closed mid-body; ``stall`` seconds pass after its first event;
+        ``garble=N`` sends event N (from 0) with data that is not JSON, as a broken proxy might.
         ``headers`` go on the reply, errors included (``x-should-retry``, ``retry-after``).
         """
         if when is None:
@@ -808,7 +811,7 @@ class FakeAnthropic:
         else:
             matcher = when
         rule = Rule(matcher, text, status, error, headers or {}, tool_use, times, delay, stop_reason, usage)
-        rule.drop_after, rule.stall = drop_after, stall
+        rule.drop_after, rule.stall, rule.garble = drop_after, stall, garble
         self.rules.append(rule)
 
     def script(self, when: str, turns: list[Any], usage: dict[str, int] | None = None) -> None:
@@ -1107,6 +1110,9 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 ("message_stop", {"type": "message_stop"}),
             ]
             chunks = [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+            if rule.garble is not None and rule.garble < len(chunks):
+                name = events[rule.garble][0]
+                chunks[rule.garble] = f'event: {name}\ndata: {{"type": "{name}", "delta": \n\n'.encode()
             self.record.status = 200
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")

@@ -304,3 +304,17 @@ def test_sigkill_mid_run_leaves_files_that_parse_and_finished_outputs_intact(
         text=True,
     )
     assert why.returncode == 0 and "running" not in why.stdout.split("\n", 1)[0], why.stdout
+
+
+def test_a_malformed_chunk_in_the_stream_is_an_attempt_counted_and_retried(
+    api: FakeAnthropic, feature: TempProject, cli: CliRunner
+) -> None:
+    api.reply("half a plan", when=at("plan"), garble=3, times=1)  # a content delta whose data is not JSON
+    api.reply("PLAN", when=at("plan"))
+    verdict_reply(api, VERDICT_PASS)
+    result = cli("run", "workflows/feature.yaml", "--task", "add-login", "--param", "goal=x", cwd=feature.root)
+    assert result.code == 0, result.out
+    attempts = state(feature)["stages"]["plan"]["attempts"]
+    assert len(attempts) == 2 and attempts[0]["error"].startswith("malformed reply: JSONDecodeError")
+    assert attempts[0]["tokens"]["input"] > 0  # message_start had come: what it cost is counted
+    assert (feature.root / "docs/ai/add-login/stages/plan.md").read_text() == "PLAN\n"

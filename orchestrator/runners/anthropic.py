@@ -62,6 +62,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (anthropic.APIConnectionError, *_transport_errors())
 COUNT_ERRORS: tuple[type[BaseException], ...] = (anthropic.APIError, *TRANSPORT_ERRORS)
+# A reply whose stream doesn't parse: counted as an attempt and retried like a cut connection.
+MALFORMED: tuple[type[BaseException], ...] = (ValueError, anthropic.APIResponseValidationError)
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 RETRY_TYPES = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
 # What the token-counting endpoint takes of a request body.
@@ -285,12 +287,13 @@ class AnthropicRunner:
             if _retryable(exc) and not last:
                 raise _Retry(self._delay(number, exc.response.headers)) from exc
             raise StageFailure(error + (f" (gave up after {number} attempts)" if number > 1 else "")) from exc
-        except TRANSPORT_ERRORS as exc:
-            error = (
-                f"connection failed: {exc}"
-                if isinstance(exc, anthropic.APIConnectionError)
-                else (f"connection lost mid-reply: {type(exc).__name__}: {exc}")
-            )
+        except (*TRANSPORT_ERRORS, *MALFORMED) as exc:
+            if isinstance(exc, anthropic.APIConnectionError):
+                error = f"connection failed: {exc}"
+            elif isinstance(exc, MALFORMED):  # a broken chunk (a proxy, a cut): the next try may well be whole
+                error = f"malformed reply: {type(exc).__name__}: {exc}"
+            else:
+                error = f"connection lost mid-reply: {type(exc).__name__}: {exc}"
             report(record(error))
             if not last:
                 raise _Retry(self._delay(number, None)) from exc
