@@ -127,6 +127,14 @@ def _read_bytes(path: Path, shown: str, what: str, hint: str) -> bytes:
 
 
 def _decode(data: bytes, shown: str) -> str:
+    if b"\x00" in data:  # UTF-16 or 32 without a byte order mark, or not text at all
+        at = data.index(b"\x00")
+        wide = data[1::2].count(0) > len(data) // 4 or data[0::2].count(0) > len(data) // 4
+        raise WorkflowError(
+            "file is not UTF-8 text: it has NUL bytes" + (" (it looks like UTF-16)" if wide else ""),
+            location=Location(shown, data[:at].count(b"\n") + 1),
+            hint="save the file as UTF-8",
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -188,7 +196,16 @@ def parse_workflow(text: str, *, source: str, default_name: str | None = None) -
 
 
 def _parse_yaml(text: str, smap: SourceMap) -> Any:
-    loader = _CoreSchemaLoader(text, smap.file)
+    try:
+        loader = _CoreSchemaLoader(text, smap.file)
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (a control character, say)
+        line = text[: exc.position].count("\n") + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise WorkflowError(
+            f"invalid YAML: the character U+{code:04X} is not allowed in YAML",
+            location=Location(smap.file, line),
+            hint="remove it, or quote it as an escape in a double-quoted string",
+        ) from None
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:

@@ -230,6 +230,7 @@ def load_state(folder: Path, *, display: str | None = None) -> RunState:
     shown = display or str(folder)
     path = folder / "state.json"
     named = f"{shown}/state.json"
+    afresh = "move it aside, or start the task afresh with: orchestrate run <workflow> --task <task> --force"
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -238,10 +239,14 @@ def load_state(folder: Path, *, display: str | None = None) -> RunState:
         ) from None
     except OSError as exc:
         raise StateError(f"can't read {named}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise StateError(f"{named} is not UTF-8 text (byte {exc.start}): it is damaged", hint=afresh) from None
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise StateError(f"{named} is not valid JSON: {exc}") from None
+        raise StateError(f"{named} is not valid JSON: {exc}", hint=afresh) from None
+    except RecursionError:
+        raise StateError(f"{named} is not a run state: it nests too deeply to read", hint=afresh) from None
     if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
         raise StateError(
             f"{named} has schema version {data.get('schema_version')!r}; this orchestrate reads {SCHEMA_VERSION}",
@@ -250,7 +255,10 @@ def load_state(folder: Path, *, display: str | None = None) -> RunState:
     try:
         return RunState.model_validate(data)
     except ValidationError as exc:
-        raise StateError(f"{named} does not hold a valid run state: {exc.errors()[0]['msg']}") from None
+        where = ".".join(str(part) for part in exc.errors()[0]["loc"])
+        raise StateError(
+            f"{named} does not hold a valid run state: {where}: {exc.errors()[0]['msg']}", hint=afresh
+        ) from None
 
 
 def read_events(folder: Path, offset: int = 0) -> list[tuple[int, Event]]:
@@ -272,7 +280,7 @@ def read_events(folder: Path, offset: int = 0) -> list[tuple[int, Event]]:
         position += len(line)
         try:
             out.append((position, from_json(json.loads(line))))
-        except ValueError:
+        except (ValueError, RecursionError):
             break
     return out
 
@@ -288,6 +296,13 @@ def recover_state(folder: Path, *, display: str | None = None) -> RunState:
     # Every run writes its first snapshot before it logs anything, so the tail belongs to the
     # snapshot's run.
     for position, event in read_events(folder, state.log_offset):
+        stage = getattr(event, "stage", None)
+        if stage is not None and stage not in state.stages and not isinstance(event, StageExpanded):
+            raise StateError(
+                f"{display or folder}/events.jsonl records stage {stage!r}, which its state.json does not have: "
+                "the two don't belong together",
+                hint="move them aside, or start the task afresh with: orchestrate run <workflow> --task <task> --force",
+            )
         apply_event(state, event)
         state.log_offset = position
     return state

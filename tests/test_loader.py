@@ -13,7 +13,7 @@ from orchestrator.errors import WorkflowError, WorkflowErrors
 from orchestrator.graph import build_plan
 from orchestrator.loader import load_workflow, parse_workflow
 
-from .conftest import REPO, CliRunner
+from .conftest import REPO, CliRunner, TempProject
 
 DATA = Path(__file__).parent / "data"
 
@@ -356,3 +356,21 @@ def test_a_misspelt_stages_key_is_named_even_next_to_other_keys() -> None:
         parse_workflow(text, source="workflows/feature.yaml")
     assert caught.value.message == "workflow has no 'stages:'"
     assert caught.value.hint == "found 'stagess'; did you mean 'stages'?"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"name: w\x00\nstages: []\n", "1: file is not UTF-8 text: it has NUL bytes"),
+        ("name: w\nstages: [{id: a, agent: build}]\n".encode("utf-16-le"), "it has NUL bytes (it looks like UTF-16)"),
+        (b"name: w\nstages: []\ndescription: bell\x07\n", "3: invalid YAML: the character U+0007 is not allowed"),
+    ],
+)
+def test_a_workflow_file_that_is_not_yaml_text_is_a_clear_error(
+    data: bytes, message: str, project: TempProject, cli: CliRunner
+) -> None:
+    path = project.root / "workflows/w.yaml"
+    path.write_bytes(data)
+    result = cli("validate", "workflows/w.yaml", cwd=project.root)
+    assert result.code == 2 and "Traceback" not in result.err and "Internal error" not in result.err
+    assert result.err.startswith("Error: workflows/w.yaml:") and message in result.err.splitlines()[0], result.err

@@ -344,3 +344,38 @@ def test_run_without_a_task_uses_the_workflows_name_and_says_so(feature: TempPro
     assert again.code == 0 and "unchanged since run" in again.out
     planned = cli("plan", "workflows/feature.yaml", "--param", "goal=x", cwd=feature.root)
     assert planned.code == 0 and planned.out.startswith("workflows/feature.yaml, task feature (")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda folder: (folder / "state.json").write_bytes(b"\xff\xfe broken"), "is not UTF-8 text"),
+        (lambda folder: (folder / "state.json").write_text("[" * 100_000 + "]" * 100_000), "nests too deeply"),
+        (
+            lambda folder: (folder / "state.json").write_text(
+                (folder / "state.json").read_text().replace('"tries": 1', '"tries": "many"', 1)
+            ),
+            "does not hold a valid run state: stages.plan.tries",
+        ),
+        (
+            lambda folder: (
+                (folder / "events.jsonl")
+                .open("a")
+                .write('{"event": "stage_noted", "time": 1.0, "stage": "ghost", "text": "x", "by": ""}\n')
+            ),
+            "records stage 'ghost', which its state.json does not have",
+        ),
+    ],
+)
+def test_a_damaged_state_folder_is_a_clear_error_with_a_way_out(
+    damage: Any, message: str, feature: TempProject, cli: CliRunner
+) -> None:
+    run = ("run", "workflows/feature.yaml", "--task", "t", "--param", "goal=x", "--offline")
+    assert cli(*run, cwd=feature.root).code == 0
+    damage(feature.root / "docs/ai/t")
+    for command in (("status", "t"), ("explain", "t", "plan"), run):
+        result = cli(*command, cwd=feature.root)
+        assert result.code == 2, (command, result.err)
+        assert message in result.err and "Internal error" not in result.err
+        assert "--force" in result.err  # the way out
+    assert cli(*run, "--force", cwd=feature.root).code == 0
