@@ -7,7 +7,10 @@ as the run did.
 
 from __future__ import annotations
 
+import re
+
 from .drawing import Drawing, render
+from .params import param_text
 from .state import RunState, StageState
 
 __all__ = ["format_cost", "format_duration", "format_tokens", "next_steps", "render_markdown", "summary_lines"]
@@ -41,6 +44,15 @@ def format_tokens(stage_or_run: StageState | RunState) -> str:
 
 def _cell(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split())
+
+
+def _param_lines(name: str, value: object) -> list[str]:
+    """A param as given, spaces and line breaks kept (``two  words`` is not ``two words``)."""
+    text = param_text(value)
+    if "\n" not in text and "`" not in text:
+        return [f"  - `{name}`: `{text}`" if text.strip() == text and text else f"  - `{name}`: `` {text} ``"]
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return [f"  - `{name}`:", f"    {fence}", *(f"    {line}" for line in text.splitlines()), f"    {fence}"]
 
 
 def _names(ids: list[str]) -> str:
@@ -164,7 +176,9 @@ def render_markdown(state: RunState) -> str:
     total = f"{format_tokens(state)}, estimated {format_cost(state.cost_usd)}"
     lines.append(f"- Workflow: `{state.workflow}` ({state.workflow_file}), run `{state.run_id}`")
     if state.params:
-        lines.append("- Params: " + ", ".join(f"`{k}` = {_cell(repr(v))}" for k, v in state.params.items()))
+        lines.append("- Params:")
+        for name, value in state.params.items():
+            lines += _param_lines(name, value)
     lines.append(f"- Started {state.started}" + (f", finished {state.finished}" if state.finished else ""))
     lines.append(f"- Duration: {format_duration(state.duration)}; tokens: {total}")
     if state.budget_usd is not None:

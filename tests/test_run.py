@@ -379,3 +379,11 @@ def test_a_damaged_state_folder_is_a_clear_error_with_a_way_out(
         assert message in result.err and "Internal error" not in result.err
         assert "--force" in result.err  # the way out
     assert cli(*run, "--force", cwd=feature.root).code == 0
+
+
+def test_workflow_state_md_shows_params_as_given(feature: TempProject, cli: CliRunner) -> None:
+    goal = 'word_count("two  words") returns 3\nexpected 2'
+    run = ("run", "workflows/feature.yaml", "--task", "t", "--param", f"goal={goal}", "--offline")
+    assert cli(*run, cwd=feature.root).code == 0
+    markdown = (feature.root / "docs/ai/t/workflow-state.md").read_text()
+    assert '    word_count("two  words") returns 3\n    expected 2\n' in markdown  # spaces and the line break kept
