@@ -198,6 +198,22 @@ def test_the_bugfix_example_offline_stops_at_red_because_no_test_reproduces_the_
     assert {p: p.read_text() for p in sources} == sources and not list(root.glob("tests/test_*whitespace*"))
 
 
+def test_the_bugfix_example_says_so_when_pytest_is_missing_rather_than_calling_the_bug_reproduced(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m pytest` without pytest exits 1, as failing tests do: red must not take that for red."""
+    root = _copy_example("bugfix", tmp_path)
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "python").write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # no site-packages: no pytest
+    (shims / "python").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = cli("run", "workflows/bugfix.yaml", "--task", "word-count", "--offline", cwd=root)
+    assert result.code == 1
+    assert "red: pytest is not installed for this python: pip install pytest" in result.out
+    assert json.loads((root / "docs/ai/word-count/state.json").read_text())["stages"]["red"]["status"] == "failed"
+
+
 NEW_TEST = """from textstats import word_count
 
 
