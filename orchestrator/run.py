@@ -486,6 +486,7 @@ async def run_async(
         previous = load_previous(prepared)
         session = start_session(prepared, previous, run_id)
         _check_only(prepared, session)
+        runner_for.prepare()  # import and build the runners now, so a stage's duration is its own work
         if on_start is not None:
             on_start(session)
         store = StateStore(
@@ -593,6 +594,12 @@ class RunnerChoice:
             replayer=Replayer(prepared.replay) if prepared.replay is not None else None,
             warmer=CacheWarmer(prepared.compiled.plan.workflow.defaults.cache_warmup),
         )
+
+    def prepare(self) -> None:
+        """Make every runner the plan's stages will use."""
+        for sid in self.prepared.compiled.plan.order:
+            if self.prepared.compiled.plan.runner_for(sid):  # an approval gate has none
+                self(sid)
 
     def __call__(self, sid: str) -> Runner:
         kind = self.prepared.compiled.plan.runner_for(sid.split("[", 1)[0])  # an instance runs as its stage

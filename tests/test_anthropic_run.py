@@ -318,3 +318,26 @@ def test_a_malformed_chunk_in_the_stream_is_an_attempt_counted_and_retried(
     assert len(attempts) == 2 and attempts[0]["error"].startswith("malformed reply: JSONDecodeError")
     assert attempts[0]["tokens"]["input"] > 0  # message_start had come: what it cost is counted
     assert (feature.root / "docs/ai/add-login/stages/plan.md").read_text() == "PLAN\n"
+
+
+def test_the_sdk_is_loaded_before_the_first_stage_starts_so_its_duration_is_its_own(
+    api: FakeAnthropic, feature: TempProject
+) -> None:
+    verdict_reply(api, VERDICT_PASS)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from orchestrator.project import Project\n"
+        "from orchestrator.run import RunRequest, prepare_run, run_prepared\n"
+        "seen = []\n"
+        "class Spy:\n"
+        "    def on_event(self, event):\n"
+        "        if type(event).__name__ == 'StageStarted':\n"
+        "            seen.append('anthropic' in sys.modules)\n"
+        "prepared = prepare_run(Path('workflows/feature.yaml').absolute(), Project(Path('.').absolute()),\n"
+        "                       RunRequest(task='t', param_args=['goal=x']))\n"
+        "print(run_prepared(prepared, listeners=[Spy()]).status, seen)\n"
+    )
+    env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=feature.root, env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "succeeded [True, True, True, True, True]", done.stdout + done.stderr
