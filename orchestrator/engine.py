@@ -571,6 +571,14 @@ class _Run:
         except Exception as exc:  # a bug building one request must fail its stage, not the run
             return self._fail(sid, started, _Ledger(), f"could not build the request: {type(exc).__name__}: {exc}")
         recalled = self.memory.recall(sid, stage_input.fingerprint, stage_input.inputs, self.ran)
+        if not isinstance(recalled, Recalled) and sid in self.ran:  # again in this run: an audit round's rework
+            findings = len(self.progress.feedback.get(sid, ()))
+            recalled = (
+                f"the audit sent it back with {findings} finding{'s' if findings != 1 else ''} "
+                f"(round {self.progress.round})"
+                if findings
+                else f"what it needs was redone in audit round {self.progress.round}"
+            )
         if isinstance(recalled, Recalled):
             outcome = StageOutcome(
                 "succeeded",

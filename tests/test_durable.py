@@ -244,6 +244,11 @@ def test_a_failed_audit_sends_the_owning_stages_back_with_its_findings(
     ]
     assert saved["status"] == "succeeded"
     assert (project.root / "docs/ai/add-login/stages/backend.md").read_text() == "BACKEND WITH HASHING\n"
+    # Each rerun says why: not "not run before", which it had just been.
+    assert "backend: started (build, claude-sonnet-5-5) — the audit sent it back with 1 finding (round 2)" in lines(
+        result
+    )
+    assert saved["stages"]["integrate"]["reason"] == "what it needs was redone in audit round 2"
 
 
 def test_with_one_round_a_failed_audit_fails_the_run(api: FakeAnthropic, feature: TempProject, cli: CliRunner) -> None:
