@@ -168,6 +168,7 @@ class _Run:
         self.purse = Purse(options.budget_usd, options.spent_usd)
         self.batches = dict(batches)
         self.stopping = False
+        self.failure = ""  # why the run must end failed whatever its stages do (its state can't be written)
         self.budget_note = ""
         self.waiting_gates: dict[str, StageInput] = {}
         self.waiting: dict[str, int] = {}
@@ -177,6 +178,11 @@ class _Run:
     def emit(self, event: Event) -> None:
         for listener in self.listeners:
             listener.on_event(event)
+
+    def fail(self, reason: str) -> None:
+        """Start no more stages (their work could not be kept); the run ends failed with ``reason``."""
+        if not self.failure:
+            self.failure = reason
 
     def stop(self) -> None:
         """Start no more stages; cancel those in flight (they record what they spent)."""
@@ -258,10 +264,11 @@ class _Run:
                     tuple(s for s in self.plan.order if self.outcomes[s].status == "failed"),
                     tuple(s for s in self.plan.order if self.outcomes[s].status == "skipped"),
                     waiting,
-                    self.budget_note,
+                    self.failure or self.budget_note,
                 )
             )
-        return RunOutcome(status, self.outcomes, self.verdict, usage, cost, duration, self.budget_note, waiting)
+        note = self.failure or self.budget_note
+        return RunOutcome(status, self.outcomes, self.verdict, usage, cost, duration, note, waiting)
 
     # -- what starts next ----------------------------------------------------------------------------
 
@@ -358,7 +365,7 @@ class _Run:
         return outcome
 
     def _halted(self) -> bool:
-        return self.stopping or bool(self.budget_note)
+        return self.stopping or bool(self.budget_note) or bool(self.failure)
 
     async def _next_batch(self) -> list[tuple[str, StageOutcome]]:
         """The stages that finished; waits for at least one (polling gates meanwhile)."""
@@ -406,6 +413,8 @@ class _Run:
                 heapq.heappush(self.ready, (self.index[dependent], dependent))
 
     def _final_status(self) -> RunStatus:
+        if self.failure:
+            return "failed"
         if self.stopping:
             return "interrupted"
         if self.budget_note:
@@ -862,6 +871,11 @@ class RunControl:
         self.requested = True
         if self._run is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._run.stop)
+
+    def fail(self, reason: str) -> None:
+        """End the run failed with ``reason``: no new stages (the ones in flight finish)."""
+        if self._run is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._run.fail, reason)
 
 
 async def execute(

@@ -489,11 +489,13 @@ async def run_async(
         runner_for.prepare()  # import and build the runners now, so a stage's duration is its own work
         if on_start is not None:
             on_start(session)
+        control = control or RunControl()
         store = StateStore(
             prepared.folder,
             initial_state(prepared, session.run_id, clock(), session),
             render_markdown,
             flush_interval=flush_interval,
+            on_error=lambda exc: control.fail(f"its state can't be written: {exc}"),
         )
         pricing = plan.workflow.pricing
         guard = WorkspaceGuard(

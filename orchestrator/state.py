@@ -513,9 +513,12 @@ class StateStore:
         flush_interval: float = 0.25,
         threaded: bool = True,
         snapshot: bool = True,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.folder = folder
         self.state = state
+        # Told of a failed write at once (from the writer thread): the run must stop paying for work it can't keep.
+        self.on_error = on_error
         self.render_markdown = render_markdown
         self.flush_interval = flush_interval
         self._events_fd: int | None = None
@@ -595,8 +598,10 @@ class StateStore:
                 if dirty and time.monotonic() - self._last_flush >= self.flush_interval:
                     self.flush()
                     dirty = False
-        except BaseException as exc:  # kept for close(); the run itself goes on
+        except BaseException as exc:  # kept for close(), and said at once: the run must not go on unrecorded
             self._error = exc
+            if self.on_error is not None:
+                self.on_error(exc)
 
     def _handle(self, event: Event) -> None:
         self._dirty = True

@@ -490,3 +490,25 @@ def test_a_decision_on_an_approval_stage_reaches_the_run_that_waits_for_it(
     saved = state_of(project, "t")
     assert saved["stages"]["review"]["status"] == "succeeded" and saved["stages"]["publish"]["status"] == "succeeded"
     assert "Note: Ship it" in by_stage(api)["publish"][0].text()
+
+
+def test_a_state_folder_that_can_no_longer_be_written_stops_the_run_before_it_pays_for_more(
+    api: FakeAnthropic, feature: TempProject, cli: CliRunner
+) -> None:
+    """The writes fail (here the stages/ folder is replaced by a file mid-run): nothing new starts."""
+    stages = feature.root / "docs/ai/add-login/stages"
+
+    def break_the_folder(body: dict[str, Any]) -> bool:
+        if at("backend") in json.dumps(body) and stages.is_dir():
+            for child in stages.iterdir():
+                child.unlink()
+            stages.rmdir()
+            stages.write_text("not a folder")
+        return False  # a matcher with a side effect: it never answers
+
+    api.reply(when=break_the_folder)
+    replies(api)
+    result = cli(*RUN, cwd=feature.root)
+    assert result.code == 2, result.out + result.err
+    assert "can't write" in result.err and "Traceback" not in result.err
+    assert "integrate" not in requested(api) and "audit" not in requested(api)
