@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ProjectError
-from .fileio import atomic_write
+from .fileio import write_together
 from .render import RenderedAgent
 from .workflow import AgentSpec, Permissions, Workflow
 
@@ -238,18 +238,22 @@ def write_files(
                     )
     expected = {f.path for f in files}
     try:
+        changed: dict[Path, bytes] = {}
         for generated in files:
             path = out_dir / generated.path
             if path.is_file() and _same_text(path, generated.content):
                 report.unchanged.append(generated.path)
                 continue
-            atomic_write(path, generated.content)
+            changed[path] = generated.content
             report.written.append(generated.path)
+        gone = []
         for path in _existing(out_dir, targets):
             rel = path.relative_to(out_dir).as_posix()
             if rel not in expected and read_marker(path) == source:
-                path.unlink()
+                gone.append(path)
                 report.removed.append(rel)
+        # A compile's files change together: an agent's OpenCode and Claude Code files never disagree.
+        write_together(changed, gone)
     except OSError as exc:
         where = exc.filename or out_dir
         raise ProjectError(

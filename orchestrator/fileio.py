@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_together"]
 
 
 def _umask() -> int:
@@ -49,3 +53,43 @@ def atomic_write(path: Path, content: bytes, *, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_together(contents: Mapping[Path, bytes], remove: Sequence[Path] = ()) -> None:
+    """Write several files (and remove some) so that they change together: every file is written to a temp
+    file first, then all are renamed at once, with Ctrl-C and SIGTERM held back until the last rename (a
+    signal that came meanwhile is delivered right after). A failure before the renames changes nothing."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, content in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+        with _signals_held():
+            for tmp, path in staged:
+                os.replace(tmp, path)
+            staged = []
+            for path in remove:
+                path.unlink(missing_ok=True)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (on the main thread of a POSIX system) while the block runs."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

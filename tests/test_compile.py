@@ -312,3 +312,31 @@ def test_coordinator_is_a_reserved_agent_name(project: TempProject, cli: CliRunn
     assert result.err.startswith(
         "Error: workflows/feature.yaml:2:28: agent name 'coordinator' is reserved for the coordinator"
     )
+
+
+def test_a_ctrl_c_during_compile_leaves_output_all_old_or_all_new(
+    feature: TempProject, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (here sent at the first rename) waits until every file of the compile is in place."""
+    import os
+    import signal
+
+    assert cli("compile", "workflows/feature.yaml", cwd=feature.root).code == 0
+    out = feature.root / "output"
+    feature.workflow(WORKFLOW.replace("Plan: a feature, then build it", "Plan a feature, then build it"))
+    real_replace = os.replace
+    sent: list[bool] = []
+
+    def replace_then_interrupt(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    interrupted = cli("compile", "workflows/feature.yaml", cwd=feature.root)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sent and interrupted.code == 130
+    texts = [p.read_text() for p in sorted(out.rglob("*.md"))]
+    assert all("Plan a feature, then build it" in t for t in texts), "some files are old, some new"
+    assert not list(out.rglob("*.tmp"))
