@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,30 @@ async def _pump(stream: asyncio.StreamReader | None, capture: _Capture) -> None:
         capture.feed(chunk)
 
 
+STRAY_MARK = "ORCHESTRATE_COMMAND"
+
+
+def kill_strays(mark: str) -> None:
+    """Kill what a command left running outside its process group (a daemon, a ``setsid`` child): every
+    process of ours whose environment carries the command's mark. Linux only (``/proc``); elsewhere a no-op."""
+    needle = f"{STRAY_MARK}={mark}".encode()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:  # gone, or not ours
+            continue
+        if needle in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+
+
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     """Signal a process group that may be gone already."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -216,11 +241,14 @@ async def run_process(
     started = time.monotonic()
     if not argv:
         return ProcessResult(None, "", "empty command", False, 0.0)
+    # Every process the command starts inherits this mark, even one that leaves its group (setsid): the
+    # mark finds it once the command has ended.
+    mark = uuid.uuid4().hex
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
-            env=dict(env),
+            env={**env, STRAY_MARK: mark},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -230,23 +258,28 @@ async def run_process(
         return ProcessResult(None, "", _start_failure(argv[0], cwd, exc), False, time.monotonic() - started)
     out, err = _Capture(limit), _Capture(limit)
     readers = [asyncio.ensure_future(_pump(process.stdout, out)), asyncio.ensure_future(_pump(process.stderr, err))]
+    outputs = asyncio.gather(*readers, return_exceptions=True)
     exit_code: int | None = None
     try:
         try:
-            exit_code = await asyncio.wait_for(_exit_code(process, asyncio.gather(*readers)), timeout)
+            exit_code = await asyncio.wait_for(_exit_code(process, outputs), timeout)
         except TimeoutError:
             await end_group(process)
         else:
             signal_group(process.pid, signal.SIGKILL)
-        _, pending = await asyncio.wait(readers, timeout=KILL_GRACE)
-        # A process that left the group (setsid) may still hold the pipes; stop listening to it.
-        for reader in pending:
-            reader.cancel()
+        await asyncio.to_thread(kill_strays, mark)
+        await asyncio.wait([outputs], timeout=KILL_GRACE)
     except BaseException:
         await asyncio.shield(end_group(process))
+        await asyncio.to_thread(kill_strays, mark)
+        raise
+    finally:
+        # A process that left the group and escaped the mark may still hold the pipes: stop listening to it.
         for reader in readers:
             reader.cancel()
-        raise
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
     return ProcessResult(
         exit_code=exit_code,
         stdout=out.text(limit),

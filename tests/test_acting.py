@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -695,3 +696,26 @@ def test_a_stage_with_both_run_and_agent_is_a_usage_error_pointing_at_the_file(
     assert result.code == 2
     assert "workflows/both.yaml:3:" in result.err
     assert "a run: stage runs a command, not an agent, so it takes no agent" in result.err
+
+
+def test_a_command_that_leaves_a_child_outside_its_group_ends_clean(project: TempProject, tmp_path: Path) -> None:
+    """`setsid` takes a child out of the command's process group: it is still found and stopped, and the
+    run prints no asyncio noise about the pipes it held."""
+    marker = tmp_path / "still-running"
+    project.workflow(
+        "name: s\nstages:\n"
+        f"  - {{id: bg, run: \"setsid sh -c 'sleep 30; touch {marker}' & echo started\"}}\n"
+        "  - {id: audit, agent: auditor, needs: [bg]}\n",
+        name="s",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "workflows/s.yaml", "--task", "t", "--offline"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr, done.stderr
+    leftovers = subprocess.run(["pgrep", "-f", f"touch {marker}"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "the setsid child is still running"
