@@ -438,6 +438,7 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
     if resume and previous is not None:
         state.started = previous.started
         state.resumed = previous.resumed + 1
+        state.earlier = previous.duration or 0.0
         state.tokens, state.cost_usd = previous.tokens, previous.cost_usd
         state.rounds, state.round, state.audit = previous.rounds, previous.round, previous.audit
     return state

@@ -201,8 +201,9 @@ class RunState(BaseModel):
     note: str = ""  # why the run stopped early, in words
     started: str
     finished: str | None = None
-    duration: float | None = None
+    duration: float | None = None  # seconds the run has run, every invocation of it counted
     resumed: int = 0  # times this run was continued after stopping
+    earlier: float = 0.0  # seconds its earlier invocations ran (a continued run's duration adds this one's)
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float | None = 0.0
     budget_usd: float | None = None
@@ -342,7 +343,7 @@ def apply_event(state: RunState, event: Event) -> None:
         state.status = event.status  # type: ignore[assignment]
         state.note = event.note
         state.finished = timestamp(event.time)
-        state.duration = event.duration
+        state.duration = round(state.earlier + event.duration, 3)
         return
     if isinstance(event, AuditRound):
         state.rounds.append(

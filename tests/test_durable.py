@@ -512,3 +512,20 @@ def test_a_state_folder_that_can_no_longer_be_written_stops_the_run_before_it_pa
     assert result.code == 2, result.out + result.err
     assert "can't write" in result.err and "Traceback" not in result.err
     assert "integrate" not in requested(api) and "audit" not in requested(api)
+
+
+def test_a_continued_runs_duration_counts_every_invocation(
+    api: FakeAnthropic, project: TempProject, cli: CliRunner
+) -> None:
+    project.workflow(GATED)
+    api.reply("PLAN OUTPUT", when=at("plan"), delay=0.3)  # each invocation takes a moment the total must hold
+    api.reply("BACKEND OUTPUT", when=at("backend"), delay=0.3)
+    replies(api)
+    assert cli(*RUN, cwd=project.root).code == 3  # paused at the plan's gate
+    first = state_of(project)["duration"]
+    assert first >= 0.3
+    assert cli("approve", "add-login", "plan", cwd=project.root).code == 0
+    assert cli(*RUN, cwd=project.root).code == 3  # then at the release gate
+    second = state_of(project)
+    assert second["resumed"] == 1
+    assert second["duration"] >= first + 0.3  # not only the last invocation's
