@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,3 +125,19 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
 def event_lines(out: str) -> list[str]:
     """A run's plain output lines without the clock that starts each event line."""
     return [line[10:] if line[:2].isdigit() and line[8:10] == "  " else line for line in out.splitlines()]
+
+
+def started_until(
+    command: list[str], root: Path, env: dict[str, str], event: str, task: str = "t"
+) -> subprocess.Popen[bytes]:
+    """Start ``orchestrate ...`` in ``root`` and return once the task's event log holds ``event``."""
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = root / "docs/ai" / task / "events.jsonl"
+    deadline = time.monotonic() + 30
+    while f'"{event}"' not in (log.read_text() if log.exists() else ""):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise AssertionError(f"no {event} within 30 s:\n{output}")
+        time.sleep(0.05)
+    return process

@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import REPO, CliRunner, TempProject
+from .conftest import REPO, CliRunner, TempProject, started_until
 from .fake_anthropic import DEFAULT_VERDICT, FakeAnthropic, Request
 from .test_examples import _copy_example, readme_commands
 
@@ -271,12 +270,7 @@ def interrupted_while_batched(api: FakeAnthropic, project: TempProject) -> tuple
     api.batch_delay = 30.0  # the batch stays in progress until the test lets it end
     env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
     command = [sys.executable, "-m", "orchestrator", "run", "workflows/feature.yaml", "--task", "t"]
-    first = subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    log = project.root / "docs/ai/t/events.jsonl"
-    deadline = time.monotonic() + 30
-    while "batch_submitted" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline and first.poll() is None, first.stdout.read() if first.stdout else ""
-        time.sleep(0.05)
+    first = started_until(command, project.root, env, "batch_submitted")
     first.send_signal(signal.SIGINT)
     assert first.wait(30) == 130
     return command, env

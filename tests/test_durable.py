@@ -17,7 +17,7 @@ import pytest
 from orchestrator.lock import TaskLock
 from orchestrator.state import recover_state
 
-from .conftest import FEATURE, CliResult, CliRunner, TempProject, event_lines
+from .conftest import FEATURE, CliResult, CliRunner, TempProject, event_lines, started_until
 from .fake_anthropic import FakeAnthropic
 from .test_anthropic_run import VERDICT_PASS, at, by_stage, stage_of, verdict_reply
 
@@ -477,12 +477,7 @@ def test_a_decision_on_an_approval_stage_reaches_the_run_that_waits_for_it(
     api.reply(json.dumps(VERDICT_PASS), when=at("audit"))
     env = {**os.environ, "ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "test-key-not-a-secret"}
     command = [sys.executable, "-m", "orchestrator", "run", "workflows/live.yaml", "--task", "t"]
-    running = subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    log = project.root / "docs/ai/t/events.jsonl"
-    deadline = time.monotonic() + 30
-    while "approval_requested" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline and running.poll() is None
-        time.sleep(0.05)
+    running = started_until(command, project.root, env, "approval_requested")
     approve = [sys.executable, "-m", "orchestrator", "approve", "t", "review", "--note", "Ship it"]
     assert subprocess.run(approve, cwd=project.root, capture_output=True, timeout=60).returncode == 0
     out, _ = running.communicate(timeout=60)

@@ -4,6 +4,8 @@ they are now, and says which files changed; with nothing changed, a rerun keeps 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +43,23 @@ def state(project: TempProject) -> dict[str, Any]:
     return json.loads((project.root / "docs/ai/t/state.json").read_text())
 
 
-def stages_sent(api: FakeAnthropic) -> list[str]:
-    return [r.text().split("stage `", 1)[1].split("`", 1)[0] for r in api.messages()]
+RUN = ("run", "workflows/change.yaml", "--task", "t")
 
 
-def test_a_command_after_an_edit_reruns_on_the_new_files_and_an_unchanged_rerun_keeps_all(
-    cli: CliRunner, api: FakeAnthropic, project: TempProject, monkeypatch: Any
-) -> None:
-    import os
-    import sys
-
+def first_run(cli: CliRunner, api: FakeAnthropic, project: TempProject, monkeypatch: Any) -> None:
+    """The workflow's first run: the edit writes "hello, world" into src/app.py, the tests print it."""
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     project.workflow(WORKFLOW, name="change")
     project.write("src/app.py", "hello\n")
     script_edit(api, "hello, world")
     api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
-    run = ("run", "workflows/change.yaml", "--task", "t")
-    assert cli(*run, cwd=project.root).code == 0
+    assert cli(*RUN, cwd=project.root).code == 0
+
+
+def test_a_command_after_an_edit_reruns_on_the_new_files_and_an_unchanged_rerun_keeps_all(
+    cli: CliRunner, api: FakeAnthropic, project: TempProject, monkeypatch: Any
+) -> None:
+    first_run(cli, api, project, monkeypatch)
     first = state(project)
     assert first["stages"]["tests"]["gate"] is False  # a command stage, not an approval gate
     assert "app says: hello, world" in (project.root / "docs/ai/t/stages/tests.md").read_text()
@@ -65,7 +67,7 @@ def test_a_command_after_an_edit_reruns_on_the_new_files_and_an_unchanged_rerun_
     assert first["stages"]["tests"]["inputs"]["workspace"]
 
     sent = len(api.messages())
-    again = cli(*run, cwd=project.root)
+    again = cli(*RUN, cwd=project.root)
     assert again.code == 0, again.out
     assert len(api.messages()) == sent  # nothing changed: nothing sent
     kept = state(project)
@@ -77,7 +79,7 @@ def test_a_command_after_an_edit_reruns_on_the_new_files_and_an_unchanged_rerun_
     api.rules.clear()
     script_edit(api, "hi there")
     api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
-    third = cli(*run, cwd=project.root)
+    third = cli(*RUN, cwd=project.root)
     assert third.code == 0, third.out
     after = state(project)
     assert after["stages"]["edit"]["reused"] is False
@@ -93,21 +95,12 @@ def test_a_command_after_an_edit_reruns_on_the_new_files_and_an_unchanged_rerun_
 def test_a_file_changed_by_hand_reruns_the_stages_that_see_it(
     cli: CliRunner, api: FakeAnthropic, project: TempProject, monkeypatch: Any
 ) -> None:
-    import os
-    import sys
-
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    project.workflow(WORKFLOW, name="change")
-    project.write("src/app.py", "hello\n")
-    script_edit(api, "hello, world")
-    api.reply(json.dumps(DEFAULT_VERDICT), when=at("audit"))
-    run = ("run", "workflows/change.yaml", "--task", "t")
-    assert cli(*run, cwd=project.root).code == 0
+    first_run(cli, api, project, monkeypatch)
     Path(project.root / "README.md").write_text("A note added by hand.\n")
     plan = json.loads(cli("plan", "workflows/change.yaml", "--task", "t", "--json", cwd=project.root).out)
     actions = {s["stage"]: (s["action"], s["reason"]) for s in plan["stages"]}
     assert actions["plan"][0] == "keep"  # it acts on nothing: the workspace is not its input
     assert actions["edit"][0] == "run" and actions["edit"][1].startswith("files it can see changed: README.md")
-    result = cli(*run, cwd=project.root)
+    result = cli(*RUN, cwd=project.root)
     assert result.code == 0
     assert state(project)["stages"]["edit"]["reason"] == "files it can see changed: README.md"
