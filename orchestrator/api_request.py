@@ -21,6 +21,7 @@ prefill: current models refuse them. Pure: no SDK import and no I/O.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -106,7 +107,7 @@ def prefix_key(body: Mapping[str, Any]) -> str:
         body.get("system"),
         (body.get("output_config") or {}).get("format"),
     ]
-    return json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def api_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:

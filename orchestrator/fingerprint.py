@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .manifest import changed_paths
 from .runners import StageRequest
 
 __all__ = ["Memo", "Recalled", "Record", "describe_change", "digest", "gate_fingerprint", "request_fingerprint"]
@@ -126,7 +127,7 @@ def _files_changed(old: str | None, new: str | None, manifest: Callable[[str], M
     after = manifest(new) if manifest is not None and new else None
     if before is None or after is None:
         return "files it can see changed"
-    paths = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    paths = changed_paths(before, after)
     shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
     return f"files it can see changed: {shown}" if paths else "files it can see changed"
 

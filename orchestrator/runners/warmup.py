@@ -51,7 +51,6 @@ class CacheWarmer:
         self.clock = clock
         self._warm: dict[str, float] = {}  # prefix -> when it was last written or read
         self._writing: dict[str, asyncio.Event] = {}
-        self.waited = 0.0  # seconds requests spent waiting for another's response to begin
 
     async def before(self, key: str, cacheable: bool) -> Turn:
         """Wait, if another request is writing this prefix, until its response has begun."""
@@ -65,9 +64,7 @@ class CacheWarmer:
             writing = self._writing.get(key)
             if writing is None:
                 break
-            started = self.clock()
             await writing.wait()
-            self.waited += self.clock() - started
             # Warm now, or the writer ended without a response (an error) and this request writes it instead.
         event = asyncio.Event()
         self._writing[key] = event
