@@ -546,7 +546,9 @@ async def run_async(
 def _inside(root: Path, *folders: Path | None) -> tuple[str, ...]:
     """Folders orchestrate itself writes during a run (state, recordings), as paths from the root: a stage's
     write scope check must not blame the stage for them."""
-    return tuple(f.relative_to(root).as_posix() for f in folders if f is not None and f.is_relative_to(root))
+    return tuple(
+        f.relative_to(root).as_posix() for f in folders if f is not None and f.is_relative_to(root) and f != root
+    )
 
 
 def _check_only(prepared: PreparedRun, session: Session) -> None:

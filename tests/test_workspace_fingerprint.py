@@ -104,3 +104,16 @@ def test_a_file_changed_by_hand_reruns_the_stages_that_see_it(
     result = cli(*RUN, cwd=project.root)
     assert result.code == 0
     assert state(project)["stages"]["edit"]["reason"] == "files it can see changed: README.md"
+
+
+def test_a_workflow_at_the_project_root_still_sees_the_workspace(cli: CliRunner, project: TempProject) -> None:
+    """Leaving the workflow's folder out of what a stage sees must not leave out the whole project."""
+    (project.root / "r.yaml").write_text(
+        'name: r\nstages:\n  - {id: t, run: "cat a.txt"}\n  - {id: audit, agent: auditor, needs: [t]}\n'
+    )
+    (project.root / "a.txt").write_text("one\n")
+    run = ("run", "r.yaml", "--task", "t", "--offline")
+    assert cli(*run, cwd=project.root).code == 0
+    (project.root / "a.txt").write_text("two\n")
+    result = cli(*run, cwd=project.root)
+    assert result.code == 0 and "t: started (command) — files it can see changed: a.txt" in result.out
