@@ -30,7 +30,7 @@ from .events import (
     StageSucceeded,
     to_json,
 )
-from .report import format_cost, format_duration
+from .state.report import format_cost, format_duration
 
 __all__ = ["JsonView", "LiveView", "PlainView", "describe"]
 

@@ -22,8 +22,8 @@ from .events import (
     StageStarted,
     StageSucceeded,
 )
-from .report import format_cost, format_duration, format_tokens
-from .state import RunState
+from .state.model import RunState
+from .state.report import format_cost, format_duration, format_tokens
 
 __all__ = ["explain_stage"]
 

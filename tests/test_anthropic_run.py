@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.compiler import compile_workflow
 from orchestrator.project import Project
-from orchestrator.run import RunRequest, prepare_run, run_prepared
+from orchestrator.run.prepare import RunRequest, prepare_run, run_prepared
 from orchestrator.runners.anthropic import AnthropicRunner, RetryPolicy
 
 from .conftest import FEATURE, CliRunner, TempProject
@@ -328,7 +328,7 @@ def test_the_sdk_is_loaded_before_the_first_stage_starts_so_its_duration_is_its_
         "import sys\n"
         "from pathlib import Path\n"
         "from orchestrator.project import Project\n"
-        "from orchestrator.run import RunRequest, prepare_run, run_prepared\n"
+        "from orchestrator.run.prepare import RunRequest, prepare_run, run_prepared\n"
         "seen = []\n"
         "class Spy:\n"
         "    def on_event(self, event):\n"

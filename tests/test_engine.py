@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from orchestrator.audit import verdict_schema
-from orchestrator.engine import EngineOptions, Progress, RunOutcome, StageInput, execute
 from orchestrator.events import Event, RunFinished, StageFailed, StageSkipped, StageStarted, StageSucceeded
 from orchestrator.graph import Plan, build_plan
 from orchestrator.loader import parse_workflow
+from orchestrator.run.engine import EngineOptions, Progress, RunOutcome, StageInput, execute
 from orchestrator.runners import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult, Usage
 from orchestrator.runners.offline import OfflineRunner
 

@@ -16,7 +16,7 @@ from orchestrator.events import (
 )
 from orchestrator.fingerprint import Memo, Recalled, Record, describe_change, digest
 from orchestrator.runners import AttemptRecord, Usage
-from orchestrator.state import RunState, StageState, StateStore, recover_state
+from orchestrator.state.model import RunState, StageState, StateStore, recover_state
 
 from .conftest import CliRunner, TempProject
 

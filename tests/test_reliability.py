@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.state import recover_state
+from orchestrator.state.model import recover_state
 
 from .conftest import FEATURE, TempProject
 from .fake_anthropic import DEFAULT_USAGE, DEFAULT_VERDICT, FakeAnthropic
@@ -569,7 +569,7 @@ def run_cli(root: Path, env: dict[str, str], scenario: Scenario, task: str) -> O
 
 def run_in_process(root: Path, scenario: Scenario, task: str) -> Outcome:
     from orchestrator.project import Project
-    from orchestrator.run import RunRequest, prepare_run, run_prepared
+    from orchestrator.run.prepare import RunRequest, prepare_run, run_prepared
     from orchestrator.runners.anthropic import AnthropicRunner, RetryPolicy
 
     started = time.monotonic()

@@ -13,7 +13,7 @@ from orchestrator.errors import StateError, UsageError
 from orchestrator.loader import parse_workflow
 from orchestrator.params import check_task, parse_param_args, resolve_params
 from orchestrator.runners import AttemptRecord, Usage
-from orchestrator.state import load_state
+from orchestrator.state.model import load_state
 from orchestrator.workflow import Price
 
 from .conftest import FEATURE, CliRunner, TempProject, event_lines

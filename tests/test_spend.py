@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from orchestrator.run.spend import Purse
 from orchestrator.runners import BudgetExhausted
 from orchestrator.runners.warmup import CacheWarmer
-from orchestrator.spend import Purse
 
 
 def test_parallel_requests_wait_for_room_and_spend_never_passes_the_cap() -> None:

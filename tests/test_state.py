@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cost import Pricing
-from orchestrator.engine import EngineOptions, execute
 from orchestrator.graph import build_plan
 from orchestrator.loader import parse_workflow
 from orchestrator.project import Project
-from orchestrator.report import render_markdown
-from orchestrator.run import RunRequest, initial_state, prepare_run, request_builder
+from orchestrator.run.engine import EngineOptions, execute
+from orchestrator.run.prepare import RunRequest, initial_state, prepare_run, request_builder
 from orchestrator.runners.offline import OfflineRunner
-from orchestrator.state import RunState, StageState, StateStore, load_state
+from orchestrator.state.model import RunState, StageState, StateStore, load_state
+from orchestrator.state.report import render_markdown
 
 from .conftest import TempProject
 

@@ -66,7 +66,7 @@ def run_options(func: Any) -> Any:
 
 def _run_request(task: str, params: tuple[str, ...], params_file: Path | None, **more: Any) -> Any:
     with _paused_gc():
-        from ..run import RunRequest
+        from ..run.prepare import RunRequest
 
     responses = more.pop("responses", None)
     record, replay = more.pop("record", None), more.pop("replay", None)
@@ -118,10 +118,10 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
     """
     with _paused_gc():
         from ..console import JsonView, LiveView, PlainView
-        from ..engine import RunControl
         from ..errors import UsageError
-        from ..report import summary_lines
-        from ..run import prepare_run, run_prepared
+        from ..run.engine import RunControl
+        from ..run.prepare import prepare_run, run_prepared
+        from ..state.report import summary_lines
 
     project = _project(workflow, root)
     prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
@@ -153,7 +153,7 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
     with _signals_stop(control):
         outcome = run_prepared(prepared, listeners=[view], control=control, on_start=started)
     if not as_json:
-        from ..state import recover_state
+        from ..state.model import recover_state
 
         try:
             click.echo("")
@@ -174,9 +174,9 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
     why, prompt sizes, and expected tokens and cost (prompt cache included), checked against the budget.
     With ANTHROPIC_API_KEY set, prompts are counted by the API's free token-counting endpoint."""
     with _paused_gc():
-        from ..forecast import forecast_run
-        from ..report import format_cost
-        from ..run import prepare_run
+        from ..run.forecast import forecast_run
+        from ..run.prepare import prepare_run
+        from ..state.report import format_cost
 
     project = _project(workflow, root)
     prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
@@ -274,7 +274,7 @@ def explain(task: str, stage: str, root: Path | None) -> int:
     with _paused_gc():
         from ..explain import explain_stage
         from ..params import check_stage, check_task
-        from ..state import observed_state, read_events
+        from ..state.model import observed_state, read_events
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)
@@ -314,9 +314,9 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
         import getpass
         import time
 
-        from ..approvals import record_decision
         from ..params import check_task
-        from ..state import recover_state
+        from ..state.approvals import record_decision
+        from ..state.model import recover_state
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)
@@ -364,8 +364,8 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
     """Show where a task's run stands, from its saved state."""
     with _paused_gc():
         from ..params import check_task
-        from ..report import summary_lines
-        from ..state import observed_state
+        from ..state.model import observed_state
+        from ..state.report import summary_lines
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)

@@ -111,8 +111,8 @@ def begin(
 ) -> int:
     """Create the task's run from WORKFLOW (or go on with the one that stopped part-way)."""
     with _paused_gc():
-        from ..manual import begin_run
-        from ..run import RunRequest
+        from ..run.manual import begin_run
+        from ..run.prepare import RunRequest
 
     request = RunRequest(
         task=task,
@@ -134,7 +134,7 @@ def begin(
 def next_(task: str, as_json: bool, root: Path | None) -> int:
     """Print the stages whose needs are met, and what runs or waits."""
     with _paused_gc():
-        from ..manual import next_step
+        from ..run.manual import next_step
 
     _show(next_step(_task_project(root), task), as_json)
     return EXIT_OK
@@ -148,7 +148,7 @@ def next_(task: str, as_json: bool, root: Path | None) -> int:
 def start(task: str, stage: str, as_json: bool, root: Path | None) -> int:
     """Mark STAGE running and print the message for its subagent (for a command stage, the command)."""
     with _paused_gc():
-        from ..manual import start_stage
+        from ..run.manual import start_stage
 
     started = start_stage(_task_project(root), task, stage)
     if as_json:
@@ -186,7 +186,7 @@ def done(task: str, stage: str, output_file: str | None, root: Path | None) -> i
     """Record STAGE as succeeded with its output; the audit's output must hold its verdict."""
     with _paused_gc():
         from ..errors import UsageError
-        from ..manual import finish_stage
+        from ..run.manual import finish_stage
 
     output: str | None = None
     if output_file == "-":
@@ -212,7 +212,7 @@ def done(task: str, stage: str, output_file: str | None, root: Path | None) -> i
 def fail(task: str, stage: str, reason: str, root: Path | None) -> int:
     """Record STAGE as failed; the stages that need it are skipped (start it again to retry)."""
     with _paused_gc():
-        from ..manual import fail_stage
+        from ..run.manual import fail_stage
 
     step = fail_stage(_task_project(root), task, stage, reason)
     _err(f"{stage}: failed ({' '.join(reason.split())})")
@@ -228,7 +228,7 @@ def fail(task: str, stage: str, reason: str, root: Path | None) -> int:
 def note(task: str, stage: str, text: str, root: Path | None) -> int:
     """Leave a note on STAGE in workflow-state.md."""
     with _paused_gc():
-        from ..manual import note_stage
+        from ..run.manual import note_stage
 
     step = note_stage(_task_project(root), task, stage, text, by=_by())
     click.echo(f"{stage}: noted in {_shown(step.folder)}/workflow-state.md")

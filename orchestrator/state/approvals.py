@@ -15,11 +15,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import Decision
-from .errors import StateError, UsageError
-from .fileio import atomic_write
-from .params import check_stage
-from .state import RunState, timestamp
+from ..errors import StateError, UsageError
+from ..fileio import atomic_write
+from ..params import check_stage
+from ..run.outcomes import Decision
+from .model import RunState, timestamp
 
 __all__ = ["Approvals", "DecisionRecord", "record_decision"]
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import StateError
+from ..errors import StateError
 
 __all__ = ["LOCK_FILE", "TaskLock", "is_held"]
 

@@ -21,18 +21,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .audit import Verdict, VerdictError, parse_verdict
-from .contracts import parse_structured, validate_data
-from .driver import Driver, Step, audit_round, busy, epoch, reopen_downstream
-from .errors import StateError, UsageError
-from .events import RunStarted, StageFailed, StageNoted, StageStarted, StageSucceeded
-from .fingerprint import digest
-from .lock import TaskLock
-from .params import check_stage, check_task
-from .project import Project
-from .run import PreparedRun, RunRequest, initial_state, load_previous, prepare_run, start_session
-from .runners import Usage
-from .state import StageState, recover_state
+from ..audit import VerdictError, parse_verdict
+from ..contracts import parse_structured, validate_data
+from ..errors import StateError, UsageError
+from ..events import RunStarted, StageNoted
+from ..params import check_stage, check_task
+from ..project import Project
+from ..state.lock import TaskLock
+from ..state.model import StageState, recover_state
+from .driven import Driver, Step, busy, epoch
+from .outcomes import StageOutcome
+from .prepare import PreparedRun, RunRequest, initial_state, load_previous, prepare_run, start_session
 
 __all__ = [
     "LOCK_WAIT",
@@ -158,11 +157,10 @@ def start_stage(project: Project, task: str, stage: str, *, clock: Callable[[], 
         reason = "started with orchestrate state start"
         if current.status in ("failed", "skipped", "interrupted", "succeeded"):
             reason = f"started again after it {'was ' if current.status != 'succeeded' else ''}{current.status}"
-            reopen_downstream(drive, sid)
         stage_input = drive.stage_input(sid)
         request = stage_input.request
         assert request is not None  # a stage with an output has a request
-        drive.emit(StageStarted(drive.clock(), sid, current.agent, current.model, reason, drive.state.round))
+        drive.start(sid, reason)
         drive.settle()
         shell = request.command
         return Started(
@@ -187,7 +185,6 @@ def finish_stage(
             output = _written_output(drive, sid)
         if output and not output.endswith("\n"):
             output += "\n"  # as the state folder stores it, so its digest matches the file's
-        spec = drive.spec(sid)
         data: dict[str, Any] | None = None
         schema = drive.prepared.compiled.schemas.get(current.instance_of or sid)
         if schema is not None:
@@ -203,27 +200,8 @@ def finish_stage(
                 ) from None
             data = verdict.model_dump()
         stage_input = drive.stage_input(sid)
-        now = drive.clock()
-        duration = round(now - epoch(current.started), 3) if current.started else 0.0
-        output_sha = digest(output, 64)
-        drive.emit(
-            StageSucceeded(
-                now,
-                sid,
-                duration,
-                Usage(),
-                0.0,
-                output,
-                data,
-                stage_input.fingerprint,
-                dict(stage_input.inputs),
-                output_sha,
-            )
-        )
-        if spec.gated and current.instance_of is None:
-            drive.raise_gate(sid, stage_input, output_sha)
-        if sid == drive.plan.audit_stage and data is not None:
-            audit_round(drive, Verdict.model_validate(data))
+        outcome = StageOutcome("succeeded", output, data, fingerprint=stage_input.fingerprint)
+        drive.finish(sid, outcome, stage_input)
         drive.settle()
         return drive.step()
 
@@ -234,10 +212,8 @@ def fail_stage(project: Project, task: str, stage: str, reason: str, *, clock: C
         raise UsageError("say why the stage failed", hint="--reason TEXT")
     with _driving(project, task, clock) as drive:
         sid = _running(drive, stage, "fail")
-        current = drive.state.stages[sid]
-        now = drive.clock()
-        duration = round(now - epoch(current.started), 3) if current.started else 0.0
-        drive.emit(StageFailed(now, sid, duration, " ".join(reason.split())))
+        error = " ".join(reason.split())
+        drive.finish(sid, StageOutcome("failed", error=error))
         drive.settle()
         return drive.step()
 

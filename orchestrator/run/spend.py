@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .runners import BudgetExhausted
+from ..runners import BudgetExhausted
 
 __all__ = ["Purse"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from .drawing import Drawing, render
-from .params import param_text
-from .state import RunState, StageState
+from ..drawing import Drawing, render
+from ..params import param_text
+from .model import RunState, StageState
 
 __all__ = ["format_cost", "format_duration", "format_tokens", "next_steps", "render_markdown", "summary_lines"]
 

@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .audit import Finding, Verdict
-from .errors import StateError
-from .events import (
+from ..audit import Finding, Verdict
+from ..errors import StateError
+from ..events import (
     ApprovalDecided,
     ApprovalRequested,
     AttemptFinished,
@@ -51,11 +51,11 @@ from .events import (
     from_json,
     to_json,
 )
-from .fileio import atomic_write
+from ..fileio import atomic_write
+from ..run.outcomes import RunStatus as Ended
+from ..run.outcomes import StageStatus
+from ..runners import Usage
 from .lock import is_held
-from .outcomes import RunStatus as Ended
-from .outcomes import StageStatus
-from .runners import Usage
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..runners import Usage
 from .outcomes import Instance, StageOutcome
-from .runners import Usage
 
 __all__ = ["MAX_INSTANCES", "FanOut", "name_instances"]
 
@@ -78,6 +78,14 @@ class FanOut:
         still = self._open[stage]
         still.discard(iid)
         return stage if not still else None
+
+    def restore(self, stage: str, still_out: Sequence[str]) -> None:
+        """Which of ``stage``'s instances are still out (a run restored from its records)."""
+        self._open[stage] = set(still_out)
+
+    def out(self, stage: str) -> frozenset[str]:
+        """The instances of ``stage`` still out."""
+        return frozenset(self._open.get(stage, ()))
 
     def reopen(self, stage: str) -> None:
         """Forget an expansion (the stage runs again, e.g. an audit sent it back)."""

@@ -22,11 +22,11 @@ from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
 
-from .contracts import output_problems
-from .graph import Plan
+from ..contracts import output_problems
+from ..graph import Plan
+from ..render import Renderer
+from ..scopes import DEFAULT_IGNORE, Snapshot, changed_files, in_scope, outside_scope, take_snapshot
 from .outcomes import Instance
-from .render import Renderer
-from .scopes import DEFAULT_IGNORE, Snapshot, changed_files, in_scope, outside_scope, take_snapshot
 
 __all__ = ["WorkspaceGuard"]
 

@@ -24,29 +24,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .approvals import Approvals
-from .audit import Finding
-from .compiler import Compiled, compile_workflow
-from .cost import Pricing, has_price
+from ..audit import Finding
+from ..compiler import Compiled, compile_workflow
+from ..cost import Pricing, has_price
+from ..errors import StateError, UsageError
+from ..events import Listener
+from ..fingerprint import Memo, Record, digest
+from ..loader import load_mapping
+from ..manifest import Manifests
+from ..params import check_stage, check_task, param_text, parse_param_args, resolve_params
+from ..project import INSTRUCTIONS_DIR, OUTPUT_DIR, Project
+from ..runners import Runner
+from ..runners.offline import OfflineRunner, check_responses
+from ..runners.shell import ShellRunner
+from ..state.approvals import Approvals
+from ..state.lock import TaskLock
+from ..state.model import RunState, StageState, StateStore, recover_state, timestamp
+from ..state.report import render_markdown
 from .engine import EngineOptions, RunControl, RunOutcome, execute
-from .errors import StateError, UsageError
-from .events import Listener
-from .fingerprint import Memo, Record, digest
 from .guard import WorkspaceGuard
-from .loader import load_mapping
-from .lock import TaskLock
-from .manifest import Manifests
-from .params import check_stage, check_task, param_text, parse_param_args, resolve_params
-from .project import INSTRUCTIONS_DIR, OUTPUT_DIR, Project
-from .prompts import decide_condition, foreach_items, request_builder
-from .report import render_markdown
-from .runners import Runner
-from .runners.offline import OfflineRunner, check_responses
-from .runners.shell import ShellRunner
-from .state import RunState, StageState, StateStore, recover_state, timestamp
+from .request import decide_condition, foreach_items, request_builder
 
 if TYPE_CHECKING:
-    from .runners.agent_cli import CliAgent
+    from ..runners.agent_cli import CliAgent
 
 __all__ = [
     "PreparedRun",
@@ -202,7 +202,7 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
     if not request.offline and not request.driven:
         for kind in dict.fromkeys(plan.runner_for(sid) for sid in plan.order):
             if kind in ("claude-code", "opencode"):
-                from .runners.agent_cli import find_cli
+                from ..runners.agent_cli import find_cli
 
                 find_cli(kind, request.environ)
     folder = project.state_root / task
@@ -585,13 +585,13 @@ class RunnerChoice:
         if prepared.offline:
             return OfflineRunner(prepared.responses, prepared.latency)
         if kind in ("claude-code", "opencode"):
-            from .runners.agent_cli import ClaudeCodeRunner, OpenCodeRunner
+            from ..runners.agent_cli import ClaudeCodeRunner, OpenCodeRunner
 
             cls = ClaudeCodeRunner if kind == "claude-code" else OpenCodeRunner
             return cls(_cli_agents(prepared), prepared.root, prepared.environ)
-        from .runners.anthropic import AnthropicRunner, WorkspaceSetup  # slow to import: only for real runs
-        from .runners.recording import Recorder, Replayer
-        from .runners.warmup import CacheWarmer
+        from ..runners.anthropic import AnthropicRunner, WorkspaceSetup  # slow to import: only for real runs
+        from ..runners.recording import Recorder, Replayer
+        from ..runners.warmup import CacheWarmer
 
         return AnthropicRunner(
             workspace=WorkspaceSetup(prepared.root, prepared.environ, prepared.folder / "stages"),
@@ -623,7 +623,7 @@ class RunnerChoice:
 
 def _cli_agents(prepared: PreparedRun) -> dict[str, CliAgent]:
     """The compiled agent files, as the agent CLIs load them."""
-    from .runners.agent_cli import CliAgent
+    from ..runners.agent_cli import CliAgent
 
     files: dict[tuple[str, str], str] = {}
     for generated in prepared.compiled.files:  # keyed by the generated name, e.g. feature-build

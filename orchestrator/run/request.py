@@ -15,17 +15,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
-from .audit import verdict_schema
-from .cost import token_range
-from .fingerprint import digest, request_fingerprint
-from .manifest import Manifests
+from ..audit import verdict_schema
+from ..cost import token_range
+from ..fingerprint import digest, request_fingerprint
+from ..manifest import Manifests
+from ..params import param_text
+from ..runners import ShellCommand, StageRequest
 from .outcomes import Progress, StageInput
-from .params import param_text
-from .runners import ShellCommand, StageRequest
 
 __all__ = ["RunInputs", "decide_condition", "foreach_items", "request_builder", "run_time_values", "workspace_section"]
 
-from .compiler import Compiled
+from ..compiler import Compiled
 
 
 class RunInputs(Protocol):

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .audit import Finding, Verdict
-from .fingerprint import Recalled, gate_fingerprint, request_fingerprint
-from .runners import AttemptRecord, StageRequest, Usage
+from ..audit import Finding, Verdict
+from ..fingerprint import Recalled, gate_fingerprint, request_fingerprint
+from ..runners import AttemptRecord, StageRequest, Usage
 
 __all__ = [
     "Decision",

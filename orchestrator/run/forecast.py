@@ -22,14 +22,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .api_request import request_body
-from .cost import estimate
-from .engine import Decision, Progress, StageOutcome
-from .fingerprint import Recalled
-from .models import facts_for
-from .prompts import decide_condition
-from .run import PreparedRun, load_previous, request_builder, start_session
-from .runners import StageRequest, Usage
+from ..api_request import request_body
+from ..cost import estimate
+from ..events import StageSkipped
+from ..fingerprint import Recalled
+from ..models import facts_for
+from ..runners import StageRequest, Usage
+from .outcomes import Decision, Progress, StageOutcome
+from .prepare import PreparedRun, load_previous, request_builder, start_session
+from .request import decide_condition
+from .scheduler import Scheduler
 
 __all__ = ["TYPICAL", "Forecast", "StageForecast", "TokenCounter", "forecast_run"]
 
@@ -168,102 +170,41 @@ class _CacheModel:
 
 
 def forecast_run(prepared: PreparedRun, counter: TokenCounter | None = None) -> Forecast:
-    """What ``orchestrate run`` would do now for this task (reads the state folder, writes nothing)."""
+    """What ``orchestrate run`` would do now for this task (reads the state folder, writes nothing).
+
+    The run's own ``Scheduler`` orders the stages, decides each ``if`` it can decide now, and applies the
+    gates' recorded decisions; each stage it starts is looked at without running it (``_Dry``)."""
     plan = prepared.compiled.plan
     workflow = plan.workflow
     previous = load_previous(prepared)
     session = start_session(prepared, previous, "forecast", dry=True)
-    build = request_builder(prepared, session.rejected, session.workspace)
-    condition = decide_condition(prepared)
-    outcomes = {sid: StageOutcome("pending") for sid in plan.order}
-    progress = Progress(outcomes, session.feedback, {}, session.round)
-    unknown: set[str] = set()  # stages whose output this run will produce anew (or not at all)
+    dry = _Dry(prepared, session)
+    scheduler = Scheduler(
+        plan,
+        round=session.round,
+        feedback=session.feedback,
+        approve_all=prepared.approve_all,
+        condition=dry.condition,
+        expand=lambda sid, progress: None,  # items are known only once the run has made them
+    )
+    dry.progress = scheduler.progress
     out: list[StageForecast | _Request] = []
-    waiting: dict[str, tuple[int, str, Action]] = {}  # stage -> (needs still to come, reason, action)
-    for sid in plan.order:
-        stage = plan.stages[sid]
-        wave = plan.wave_of(sid) + 1
-        reads = set(plan.order) - {sid} if sid == plan.audit_stage else set(stage.needs)
-        reads |= prepared.compiled.renderer.checker.stages_read(sid) if stage.runs_agent else set()
-        waiting_on = [n for n in plan.order if n in reads and n in unknown]
-        if stage.condition is not None and (not waiting_on or "stages" not in stage.condition):
-            # Decided by params, or by outputs at hand: decide it now, as the run will.
-            try:
-                skip = condition(sid, progress)
-            except Exception:  # it will be decided (and reported) by the run
-                skip = None
-            if skip is not None:
-                outcomes[sid] = StageOutcome("skipped", error=skip, conditional=True)
-                out.append(StageForecast(sid, wave, "skip", skip, None, None, 0.0))
-                continue
-            if stage.foreach is None:
-                stage = stage.model_copy(update={"condition": None})
-        if stage.foreach is not None or stage.condition is not None:
-            unknown.add(sid)
-            if stage.foreach is not None:
-                what = f"fans out over items known once its needs are done (taken as {TYPICAL.instances})"
-            else:
-                what = "runs if its condition holds when its needs are done (counted as running)"
-            if not stage.runs_agent:
-                out.append(StageForecast(sid, wave, "run", what, None, None, 0.0 if stage.run else None))
-                continue
-            out.append(_stand_in(prepared, sid, len(reads) * TYPICAL.reply))
-            waiting[sid] = (wave, what, "run")
-            continue
-        try:
-            stage_input = build(sid, progress)
-        except Exception as exc:  # a prompt that needs outputs this run has not made yet
-            unknown.add(sid)
-            message = getattr(exc, "message", str(exc))
-            if not stage.runs_agent:
-                out.append(StageForecast(sid, wave, "run", f"can't be built yet: {message}", None, None, None))
-                continue
-            out.append(_stand_in(prepared, sid, len(reads) * TYPICAL.reply))
-            waiting[sid] = (wave, "its prompt needs outputs this run will make", "run")
-            continue
-        request = stage_input.request
-        if request is not None and request.command is not None:
-            recalled_run = session.memo.recall(sid, stage_input.fingerprint, stage_input.inputs, unknown)
-            if isinstance(recalled_run, Recalled) and not waiting_on:
-                outcomes[sid] = StageOutcome("succeeded", output=recalled_run.output)
-                out.append(StageForecast(sid, wave, "keep", recalled_run.reason, None, None, 0.0))
-            else:
-                unknown.add(sid)
-                why = f"runs `{request.command.command}` (no model, no cost)"
-                out.append(StageForecast(sid, wave, "run", why, None, None, 0.0))
-            continue
-        if waiting_on:
-            obstacle = session.memo.obstacle(sid)
-            reason = obstacle or f"upstream {', '.join(waiting_on)} will run (kept if its output comes out the same)"
-            unknown.add(sid)
-            if request is None or not stage.runs_agent:
-                out.append(StageForecast(sid, wave, "wait", reason, None, None, None))
-                continue
-            out.append(_parts(sid, request, len(waiting_on) * TYPICAL.reply))
-            waiting[sid] = (wave, reason, "run")
-            continue
-        recalled = session.memo.recall(sid, stage_input.fingerprint, stage_input.inputs, unknown)
-        if isinstance(recalled, Recalled):
-            outcomes[sid] = StageOutcome("succeeded", output=recalled.output, data=recalled.data)
-            if stage.gated:
-                decision = session.approvals.decision(sid, stage_input.fingerprint, recalled.output_sha256)
-                if decision is None and not prepared.approve_all:
-                    unknown.add(sid)
-                    out.append(StageForecast(sid, wave, "wait", "waits for approval", None, None, None))
-                    continue
-                if decision is not None and not decision.approved:
-                    unknown.add(sid)
-                    out.append(StageForecast(sid, wave, "wait", "was rejected", None, None, None))
-                    continue
-                progress.decisions[sid] = decision or Decision(True, "", "--approve-all")
-            out.append(StageForecast(sid, wave, "keep", recalled.reason, None, None, 0.0))
-            continue
-        unknown.add(sid)
-        if request is None:
-            out.append(StageForecast(sid, wave, "wait", "a gate: waits for approval", None, None, None))
-            continue
-        out.append(_parts(sid, request, 0))
-        waiting[sid] = (wave, recalled, "run")
+    while True:
+        sid = scheduler.next(0.0)
+        for event in scheduler.drain():
+            if isinstance(event, StageSkipped) and event.conditional:
+                wave = plan.wave_of(event.stage) + 1
+                out.append(StageForecast(event.stage, wave, "skip", event.reason, None, None, 0.0))
+        if sid is None:
+            break
+        item, outcome, decision = dry.look(sid)
+        out.append(item)
+        if decision is not None:
+            outcome = scheduler.gate(sid, outcome, outcome.fingerprint, "", decision, 0.0)
+        scheduler.settle(sid, outcome, 0.0)
+        if sid in dry.unknown:  # released for what follows, but its output is not known before the run
+            scheduler.outcomes[sid] = StageOutcome("pending")
+    waiting = dry.waiting
     parts = [item for item in out if isinstance(item, _Request)]
     counted = _count(parts, counter) if counter is not None and parts else False
     cache = _CacheModel(workflow.defaults.cache_warmup)
@@ -291,6 +232,102 @@ def forecast_run(prepared: PreparedRun, counter: TokenCounter | None = None) -> 
         changes=session.changes,
         counted=counted,
     )
+
+
+class _Dry:
+    """Each stage the scheduler starts, looked at without running it: kept, run (and its request's parts),
+    waiting at a gate, or unknown until upstream outputs exist."""
+
+    def __init__(self, prepared: PreparedRun, session: Any) -> None:
+        self.prepared = prepared
+        self.plan = prepared.compiled.plan
+        self.session = session
+        self.build = request_builder(prepared, session.rejected, session.workspace)
+        self.decide = decide_condition(prepared)
+        self.progress: Progress | None = None
+        self.unknown: set[str] = set()  # stages whose output this run will produce anew (or not at all)
+        self.undecided: set[str] = set()  # an ``if`` that reads outputs this run has not made yet
+        self.waiting: dict[str, tuple[int, str, Action]] = {}  # stage -> (wave, reason, action)
+
+    def _reads(self, sid: str) -> set[str]:
+        plan, stage = self.plan, self.plan.stages[sid]
+        reads = set(plan.order) - {sid} if sid == plan.audit_stage else set(stage.needs)
+        return reads | (self.prepared.compiled.renderer.checker.stages_read(sid) if stage.runs_agent else set())
+
+    def condition(self, sid: str, progress: Progress) -> str | None:
+        """A stage's ``if``, decided now when it reads only params or outputs at hand (as the run will)."""
+        stage = self.plan.stages[sid]
+        waiting_on = [n for n in self.plan.order if n in self._reads(sid) and n in self.unknown]
+        if waiting_on and "stages" in (stage.condition or ""):
+            self.undecided.add(sid)
+            return None
+        try:
+            return self.decide(sid, progress)
+        except Exception:  # it will be decided (and reported) by the run
+            return None
+
+    def look(self, sid: str) -> tuple[StageForecast | _Request, StageOutcome, Decision | None]:
+        """The stage's forecast, the outcome the scheduler is told, and a gate decision to apply."""
+        plan, session, prepared = self.plan, self.session, self.prepared
+        assert self.progress is not None
+        stage = plan.stages[sid]
+        wave = plan.wave_of(sid) + 1
+        reads = self._reads(sid)
+        waiting_on = [n for n in plan.order if n in reads and n in self.unknown]
+        released = StageOutcome("succeeded")
+        self.unknown.add(sid)  # unless kept, below
+        if stage.foreach is not None or sid in self.undecided:
+            if stage.foreach is not None:
+                what = f"fans out over items known once its needs are done (taken as {TYPICAL.instances})"
+            else:
+                what = "runs if its condition holds when its needs are done (counted as running)"
+            if not stage.runs_agent:
+                return StageForecast(sid, wave, "run", what, None, None, 0.0 if stage.run else None), released, None
+            self.waiting[sid] = (wave, what, "run")
+            return _stand_in(prepared, sid, len(reads) * TYPICAL.reply), released, None
+        try:
+            stage_input = self.build(sid, self.progress)
+        except Exception as exc:  # a prompt that needs outputs this run has not made yet
+            message = getattr(exc, "message", str(exc))
+            if not stage.runs_agent:
+                why = f"can't be built yet: {message}"
+                return StageForecast(sid, wave, "run", why, None, None, None), released, None
+            self.waiting[sid] = (wave, "its prompt needs outputs this run will make", "run")
+            return _stand_in(prepared, sid, len(reads) * TYPICAL.reply), released, None
+        request = stage_input.request
+        if request is not None and request.command is not None:
+            recalled_run = session.memo.recall(sid, stage_input.fingerprint, stage_input.inputs, self.unknown - {sid})
+            if isinstance(recalled_run, Recalled) and not waiting_on:
+                self.unknown.discard(sid)
+                kept = StageOutcome("succeeded", output=recalled_run.output)
+                return StageForecast(sid, wave, "keep", recalled_run.reason, None, None, 0.0), kept, None
+            why = f"runs `{request.command.command}` (no model, no cost)"
+            return StageForecast(sid, wave, "run", why, None, None, 0.0), released, None
+        if waiting_on:
+            obstacle = session.memo.obstacle(sid)
+            reason = obstacle or f"upstream {', '.join(waiting_on)} will run (kept if its output comes out the same)"
+            if request is None or not stage.runs_agent:
+                return StageForecast(sid, wave, "wait", reason, None, None, None), released, None
+            self.waiting[sid] = (wave, reason, "run")
+            return _parts(sid, request, len(waiting_on) * TYPICAL.reply), released, None
+        recalled = session.memo.recall(sid, stage_input.fingerprint, stage_input.inputs, self.unknown - {sid})
+        if isinstance(recalled, Recalled):
+            kept = StageOutcome("succeeded", output=recalled.output, data=recalled.data)
+            kept.fingerprint = stage_input.fingerprint
+            decision = None
+            if stage.gated:
+                decision = session.approvals.decision(sid, stage_input.fingerprint, recalled.output_sha256)
+                if decision is None and not prepared.approve_all:
+                    return StageForecast(sid, wave, "wait", "waits for approval", None, None, None), released, None
+                if decision is not None and not decision.approved:
+                    return StageForecast(sid, wave, "wait", "was rejected", None, None, None), released, None
+                decision = decision or Decision(True, "", "--approve-all")
+            self.unknown.discard(sid)
+            return StageForecast(sid, wave, "keep", recalled.reason, None, None, 0.0), kept, decision
+        if request is None:
+            return StageForecast(sid, wave, "wait", "a gate: waits for approval", None, None, None), released, None
+        self.waiting[sid] = (wave, recalled, "run")
+        return _parts(sid, request, 0), released, None
 
 
 def _tokens(text: str) -> int:
@@ -344,8 +381,8 @@ def _stand_in(prepared: PreparedRun, sid: str, pending_outputs: int) -> _Request
 def _tool_stand_ins(request: StageRequest) -> list[dict[str, Any]]:
     if not request.tools:
         return []
-    from .tools import tool_definitions
-    from .workspace import BashPolicy
+    from ..tools import tool_definitions
+    from ..workspace import BashPolicy
 
     policy = BashPolicy(allow=request.bash, shell=request.shell, timeout=request.bash_timeout)
     return tool_definitions(request.tools, bash=policy)
