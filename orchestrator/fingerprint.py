@@ -1,4 +1,4 @@
-"""Fingerprints of stages, and the memory that lets a run skip what has not changed.
+"""Fingerprints of stages: what decides whether a stage's earlier output still holds.
 
 A stage's fingerprint is a hash of the request it would send: the rendered
 instructions (system prompt), the user message (which holds the params, the
@@ -7,9 +7,7 @@ Next to it a stage records its *inputs*, a short digest of each part, so when a
 fingerprint differs the reason can be said in words ("instructions changed:
 content/instructions/build.md", "upstream plan re-ran").
 
-``Memo`` answers one question for the engine: may this stage keep its earlier
-output? Only if it succeeded with the same fingerprint and its output file is
-still exactly what was written. Stale output is never handed to a changed stage.
+``state.memo`` uses them to answer whether a stage keeps its earlier output.
 """
 
 from __future__ import annotations
@@ -18,13 +16,12 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .manifest import changed_paths
 from .runners import StageRequest
 
-__all__ = ["Memo", "Recalled", "Record", "describe_change", "digest", "gate_fingerprint", "request_fingerprint"]
+__all__ = ["Recalled", "describe_change", "digest", "gate_fingerprint", "request_fingerprint"]
 
 
 def digest(data: str | bytes, size: int = 16) -> str:
@@ -133,20 +130,6 @@ def _files_changed(old: str | None, new: str | None, manifest: Callable[[str], M
 
 
 @dataclass(frozen=True)
-class Record:
-    """What an earlier run left of a stage: enough to keep its output, or to say why not."""
-
-    status: str
-    fingerprint: str | None = None
-    inputs: Mapping[str, str] | None = None
-    output_sha256: str | None = None
-    run_id: str = ""
-    error: str | None = None
-    gate: bool = False
-    rejected: str | None = None  # the note of a person who rejected this output
-
-
-@dataclass(frozen=True)
 class Recalled:
     """An earlier output the stage keeps."""
 
@@ -155,78 +138,3 @@ class Recalled:
     output_sha256: str
     run_id: str
     reason: str
-
-
-_UNFINISHED = frozenset({"running", "interrupted"})
-
-
-class Memo:
-    """Decides, stage by stage, whether a run keeps an earlier output (see the module docstring).
-
-    ``records`` come from the task's stored state; ``forced`` maps stages that must
-    run to the reason (``--force``, ``--from``, ``--only``); ``folder`` is the
-    task's state folder holding ``stages/<id>.md``.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        records: Mapping[str, Record],
-        forced: Mapping[str, str] | None = None,
-        manifest: Callable[[str], Mapping[str, str] | None] | None = None,
-    ) -> None:
-        self.folder = folder
-        self.records = records
-        self.forced = dict(forced or {})
-        self.manifest = manifest  # a workspace manifest by its key, to name the files that changed
-
-    def obstacle(self, stage: str) -> str | None:
-        """Why ``stage`` must run whatever its inputs are (forced, never finished, rejected), or None."""
-        if stage in self.forced:
-            return self.forced[stage]
-        record = self.records.get(stage)
-        if record is None:
-            return "not run before"
-        if record.rejected is not None:
-            return "its last output was rejected" + (f": {record.rejected}" if record.rejected else "")
-        if record.status in _UNFINISHED or record.fingerprint is None or not (record.gate or record.output_sha256):
-            return _why_not_finished(record)
-        return None
-
-    def recall(self, stage: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
-        """The earlier output ``stage`` may keep, or the reason it must run."""
-        obstacle = self.obstacle(stage)
-        if obstacle is not None:
-            return obstacle
-        record = self.records[stage]
-        if record.fingerprint != fingerprint:
-            return describe_change(record.inputs or {}, inputs, ran, self.manifest)
-        if record.gate:
-            return Recalled("", None, "", record.run_id, f"unchanged since run {record.run_id}")
-        output = self.folder / "stages" / f"{stage}.md"
-        try:
-            raw = output.read_bytes()
-        except OSError:
-            return f"output missing: stages/{stage}.md"
-        if digest(raw, 64) != record.output_sha256:
-            return f"output changed on disk: stages/{stage}.md"
-        data: dict[str, Any] | None = None
-        structured = self.folder / "stages" / f"{stage}.json"
-        if structured.exists():
-            try:
-                loaded = json.loads(structured.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return f"structured output unreadable: stages/{stage}.json"
-            data = loaded if isinstance(loaded, dict) else None
-        text = raw.decode("utf-8", "replace")
-        return Recalled(text, data, record.output_sha256 or "", record.run_id, f"unchanged since run {record.run_id}")
-
-
-def _why_not_finished(record: Record) -> str:
-    if record.status == "failed":
-        return f"failed last time: {record.error}" if record.error else "failed last time"
-    if record.status in ("running", "interrupted"):
-        return "was interrupted last time"
-    if record.status == "skipped":
-        return "was skipped last time"
-    return "not run before"

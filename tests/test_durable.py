@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from orchestrator.state.lock import TaskLock
-from orchestrator.state.model import recover_state
+from orchestrator.state.repository import recover_state
 
 from .conftest import FEATURE, CliResult, CliRunner, TempProject, event_lines, started_until
 from .fake_anthropic import FakeAnthropic

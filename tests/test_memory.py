@@ -14,9 +14,12 @@ from orchestrator.events import (
     from_json,
     to_json,
 )
-from orchestrator.fingerprint import Memo, Recalled, Record, describe_change, digest
+from orchestrator.fingerprint import Recalled, describe_change, digest
 from orchestrator.runners import AttemptRecord, Usage
-from orchestrator.state.model import RunState, StageState, StateStore, recover_state
+from orchestrator.state.memo import Memo, Record
+from orchestrator.state.model import RunState, StageState
+from orchestrator.state.repository import FileRepository, recover_state
+from orchestrator.state.store import StateStore
 
 from .conftest import CliRunner, TempProject
 
@@ -88,7 +91,7 @@ def test_memo_keeps_only_an_intact_output_of_the_same_fingerprint(tmp_path: Path
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages/a.md").write_text("A\n")
     record = Record("succeeded", "f1", {"model": "m"}, digest("A\n", 64), "r0")
-    memo = Memo(tmp_path, {"a": record, "b": Record("failed", None, error="boom")})
+    memo = Memo(FileRepository(tmp_path), {"a": record, "b": Record("failed", None, error="boom")})
     kept = memo.recall("a", "f1", {"model": "m"}, set())
     assert isinstance(kept, Recalled) and kept.output == "A\n" and kept.reason == "unchanged since run r0"
     assert memo.recall("a", "f2", {"model": "m2"}, set()) == "model changed: m → m2"
@@ -98,7 +101,7 @@ def test_memo_keeps_only_an_intact_output_of_the_same_fingerprint(tmp_path: Path
     assert memo.recall("a", "f1", {"model": "m"}, set()) == "output changed on disk: stages/a.md"
     (tmp_path / "stages/a.md").unlink()
     assert memo.recall("a", "f1", {"model": "m"}, set()) == "output missing: stages/a.md"
-    assert Memo(tmp_path, {"a": record}, {"a": "--force"}).recall("a", "f1", {}, set()) == "--force"
+    assert Memo(FileRepository(tmp_path), {"a": record}, {"a": "--force"}).recall("a", "f1", {}, set()) == "--force"
 
 
 def test_gate_and_policy_keys_are_checked_where_they_are_written(project: TempProject, cli: CliRunner) -> None:

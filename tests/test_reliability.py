@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.state.model import recover_state
+from orchestrator.state.repository import recover_state
 
 from .conftest import FEATURE, TempProject
 from .fake_anthropic import DEFAULT_USAGE, DEFAULT_VERDICT, FakeAnthropic

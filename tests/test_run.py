@@ -13,7 +13,7 @@ from orchestrator.errors import StateError, UsageError
 from orchestrator.loader import parse_workflow
 from orchestrator.params import check_task, parse_param_args, resolve_params
 from orchestrator.runners import AttemptRecord, Usage
-from orchestrator.state.model import load_state
+from orchestrator.state.repository import load_state
 from orchestrator.workflow import Price
 
 from .conftest import FEATURE, CliRunner, TempProject, event_lines
@@ -364,6 +364,10 @@ def test_run_without_a_task_uses_the_workflows_name_and_says_so(feature: TempPro
                 .write('{"event": "stage_noted", "time": 1.0, "stage": "ghost", "text": "x", "by": ""}\n')
             ),
             "records stage 'ghost', which its state.json does not have",
+        ),
+        (
+            lambda folder: (folder / "events.jsonl").open("a").write('{"event": "stage_noted", "time": \n'),
+            "events.jsonl line ",
         ),
     ],
 )

@@ -17,10 +17,12 @@ from orchestrator.project import Project
 from orchestrator.run.engine import EngineOptions, execute
 from orchestrator.run.prepare import RunRequest, initial_state, prepare_run, request_builder
 from orchestrator.runners.offline import OfflineRunner
-from orchestrator.state.model import RunState, StageState, StateStore, load_state
+from orchestrator.state.model import RunState, StageState
 from orchestrator.state.report import render_markdown
+from orchestrator.state.repository import load_state
+from orchestrator.state.store import StateStore
 
-from .conftest import TempProject
+from .conftest import FEATURE, CliRunner, TempProject
 
 
 def wide_project(project: TempProject, n: int) -> TempProject:
@@ -89,3 +91,23 @@ def test_files_orchestrate_writes_honour_the_umask(umask: int, tmp_path: Path) -
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_torn_last_line_is_cut_off_and_kept_aside_when_the_next_run_opens_the_log(
+    project: TempProject, cli: CliRunner
+) -> None:
+    project.workflow(FEATURE)
+    run = ("run", "workflows/feature.yaml", "--task", "t", "--param", "goal=x", "--offline")
+    assert cli(*run, cwd=project.root).code == 0
+    log = project.root / "docs/ai/t/events.jsonl"
+    torn = b'{"event":"stage_started","time":1.0,"stage":"pl'
+    with log.open("ab") as handle:  # a power cut in the middle of a write
+        handle.write(torn)
+    # A reader stops before the torn line; it does not fail on it, and does not skip past it either.
+    assert cli("status", "t", cwd=project.root).code == 0
+    assert cli(*run, "--force", cwd=project.root).code == 0
+    raw = log.read_bytes()
+    assert torn not in raw and raw.endswith(b"\n")
+    assert all(json.loads(line) for line in raw.splitlines())  # every line whole again
+    assert (project.root / "docs/ai/t/events.jsonl.torn").read_bytes() == torn + b"\n"
+    assert json.loads((project.root / "docs/ai/t/state.json").read_text())["status"] == "succeeded"

@@ -153,7 +153,7 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
     with _signals_stop(control):
         outcome = run_prepared(prepared, listeners=[view], control=control, on_start=started)
     if not as_json:
-        from ..state.model import recover_state
+        from ..state.repository import recover_state
 
         try:
             click.echo("")
@@ -274,7 +274,7 @@ def explain(task: str, stage: str, root: Path | None) -> int:
     with _paused_gc():
         from ..explain import explain_stage
         from ..params import check_stage, check_task
-        from ..state.model import observed_state, read_events
+        from ..state.repository import observed_state, read_events
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)
@@ -316,7 +316,7 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
 
         from ..params import check_task
         from ..state.approvals import record_decision
-        from ..state.model import recover_state
+        from ..state.repository import recover_state
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)
@@ -364,8 +364,8 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
     """Show where a task's run stands, from its saved state."""
     with _paused_gc():
         from ..params import check_task
-        from ..state.model import observed_state
         from ..state.report import summary_lines
+        from ..state.repository import observed_state
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)

@@ -14,7 +14,6 @@ environment.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,8 +25,9 @@ from ..events import Event, RunFinished, RunStarted, StageFailed, StageStarted, 
 from ..fingerprint import digest
 from ..runners import Usage
 from ..state.approvals import Approvals
-from ..state.model import RunState, StateStore
+from ..state.model import RunState
 from ..state.report import render_markdown
+from ..state.store import StateStore
 from .outcomes import Decision, Instance, Progress, StageInput, StageOutcome
 from .prepare import PreparedRun, workspace_manifests
 from .request import decide_condition, foreach_items, request_builder
@@ -104,11 +104,12 @@ class Driver:
     def _read_progress(self) -> Progress:
         """What the request builder reads, from the state folder: outputs, decisions, findings, instances."""
         outcomes: dict[str, StageOutcome] = {}
+        repository = self.prepared.repository
         for sid, stage in self.state.stages.items():
             output, data = "", None
             if stage.status == "succeeded" and stage.output:
-                output = _read(self.prepared.folder / stage.output)
-                data = _read_json(self.prepared.folder / "stages" / f"{sid}.json")
+                output = repository.output(sid) or ""
+                data = repository.data(sid)
             fingerprint = stage.fingerprint or ""
             if stage.status == "waiting_approval" and stage.approval is not None:
                 fingerprint = stage.approval.fingerprint
@@ -281,21 +282,6 @@ def rejected_notes(state: RunState) -> dict[str, str]:
         for sid, s in state.stages.items()
         if s.approval is not None and s.approval.status == "rejected"
     }
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def epoch(stamp: str) -> float:

@@ -28,7 +28,8 @@ from ..events import RunStarted, StageNoted
 from ..params import check_stage, check_task
 from ..project import Project
 from ..state.lock import TaskLock
-from ..state.model import StageState, recover_state
+from ..state.model import StageState
+from ..state.repository import FileRepository, recover_state
 from .driven import Driver, Step, busy, epoch
 from .outcomes import StageOutcome
 from .prepare import PreparedRun, RunRequest, initial_state, load_previous, prepare_run, start_session
@@ -244,7 +245,7 @@ def _driving(project: Project, task: str, clock: Callable[[], float]) -> Iterato
     """The task's driven run, locked, settled, and written out when the command is done."""
     folder = project.state_root / check_task(task)
     display = project.display(folder)
-    if not (folder / "state.json").exists():
+    if not FileRepository(folder, display).exists():
         raise StateError(
             f"no run state in {display}/",
             hint=f"begin one with: orchestrate state begin <workflow> --task {task} --param NAME=VALUE",
@@ -289,7 +290,7 @@ def _running(drive: Driver, stage: str, verb: str) -> str:
 
 def _written_output(drive: Driver, sid: str) -> str:
     """The output a stage wrote straight into its state folder since it started."""
-    path = drive.prepared.folder / "stages" / f"{sid}.md"
+    path = drive.prepared.repository.output_file(sid)
     started = drive.state.stages[sid].started
     try:
         fresh = started is not None and path.stat().st_mtime >= epoch(started) - 1

@@ -29,7 +29,7 @@ from ..compiler import Compiled, compile_workflow
 from ..cost import Pricing, has_price
 from ..errors import StateError, UsageError
 from ..events import Listener
-from ..fingerprint import Memo, Record, digest
+from ..fingerprint import digest
 from ..loader import load_mapping
 from ..manifest import Manifests
 from ..params import check_stage, check_task, param_text, parse_param_args, resolve_params
@@ -39,8 +39,11 @@ from ..runners.offline import OfflineRunner, check_responses
 from ..runners.shell import ShellRunner
 from ..state.approvals import Approvals
 from ..state.lock import TaskLock
-from ..state.model import RunState, StageState, StateStore, recover_state, timestamp
+from ..state.memo import Memo, Record
+from ..state.model import RunState, StageState, timestamp
 from ..state.report import render_markdown
+from ..state.repository import FileRepository, recover_state
+from ..state.store import StateStore
 from .engine import EngineOptions, RunControl, RunOutcome, execute
 from .guard import WorkspaceGuard
 from .request import decide_condition, foreach_items, request_builder
@@ -112,6 +115,11 @@ class PreparedRun:
     environ: Mapping[str, str] = field(default_factory=dict)
     record: Path | None = None
     replay: Path | None = None
+
+    @property
+    def repository(self) -> FileRepository:
+        """Where the task's state lives."""
+        return FileRepository(self.folder, self.display or None)
 
     @property
     def needs_api(self) -> bool:
@@ -244,7 +252,7 @@ def load_previous(prepared: PreparedRun) -> RunState | None:
 
     A state folder this version can't read stops the run (nothing is overwritten) unless ``--force``.
     """
-    if not (prepared.folder / "state.json").exists():
+    if not prepared.repository.exists():
         return None
     try:
         return recover_state(prepared.folder, display=prepared.display)
@@ -329,7 +337,7 @@ def workspace_manifests(prepared: PreparedRun, *, keep: bool = True) -> Manifest
         prepared.workflow_path.parent,
         prepared.record,
     )
-    return Manifests(prepared.root, ignore, prepared.folder / "workspace", keep=keep)
+    return Manifests(prepared.root, ignore, prepared.repository.workspace, keep=keep)
 
 
 def start_session(
@@ -368,7 +376,7 @@ def start_session(
         run_id=previous.run_id if resume and previous is not None else (run_id or uuid.uuid4().hex[:12]),
         resume=resume,
         previous=previous,
-        memo=Memo(prepared.folder, records, prepared.forced, workspace.get),
+        memo=Memo(prepared.repository, records, prepared.forced, workspace.get),
         workspace=workspace,
         approvals=Approvals(prepared.folder, previous if same_workflow else None),
         feedback=feedback,
@@ -594,7 +602,7 @@ class RunnerChoice:
         from ..runners.warmup import CacheWarmer
 
         return AnthropicRunner(
-            workspace=WorkspaceSetup(prepared.root, prepared.environ, prepared.folder / "stages"),
+            workspace=WorkspaceSetup(prepared.root, prepared.environ, prepared.repository.stages),
             recorder=Recorder(prepared.record) if prepared.record is not None else None,
             replayer=Replayer(prepared.replay) if prepared.replay is not None else None,
             warmer=CacheWarmer(prepared.compiled.plan.workflow.defaults.cache_warmup),

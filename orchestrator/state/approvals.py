@@ -20,10 +20,9 @@ from ..fileio import atomic_write
 from ..params import check_stage
 from ..run.outcomes import Decision
 from .model import RunState, timestamp
+from .repository import APPROVALS_DIR, FileRepository
 
 __all__ = ["Approvals", "DecisionRecord", "record_decision"]
-
-APPROVALS_DIR = "approvals"
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def record_decision(
         decided=timestamp(now),
         fingerprint=current.approval.fingerprint,
         output_sha256=current.approval.output_sha256,
-        path=folder / APPROVALS_DIR / f"{stage}.json",
+        path=FileRepository(folder).approval_file(stage),
     )
     payload = {
         "stage": stage,
@@ -92,7 +91,7 @@ class Approvals:
                     self._applied_keys[sid] = (approval.fingerprint, approval.output_sha256)
 
     def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
-        path = self.folder / APPROVALS_DIR / f"{stage}.json"
+        path = FileRepository(self.folder).approval_file(stage)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
