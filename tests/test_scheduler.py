@@ -19,6 +19,7 @@ from orchestrator.events import (
 from orchestrator.graph import Plan, build_plan
 from orchestrator.loader import parse_workflow
 from orchestrator.run.outcomes import Decision, Instance, Progress, StageOutcome
+from orchestrator.run.resumed import Resumed
 from orchestrator.run.scheduler import Scheduler
 
 
@@ -210,7 +211,7 @@ def test_restored_from_a_recorded_run_it_goes_on_where_the_run_stood() -> None:
     }
     instances = {f"b[{i}]": Instance("b", i, str(i), i) for i in range(2)}
     progress = Progress(outcomes, {}, {}, 1, instances)
-    s = Scheduler(plan, progress=progress, expanded={"b": ["b[0]", "b[1]"]})
+    s = Resumed(plan, progress, {"b": ["b[0]", "b[1]"]}, 0.0)
     assert s.take_all(0.0) == ["b[1]"]
     s.started("b[1]")
     s.settle("b[1]", StageOutcome("failed", error="no"), 1.0)
@@ -230,7 +231,7 @@ def test_restored_from_a_recorded_run_it_goes_on_where_the_run_stood() -> None:
 def test_a_restored_run_skips_a_stage_whose_need_can_no_longer_release_it() -> None:
     plan = plan_of("a; b<-a; audit<-b")
     outcomes = {"a": StageOutcome("failed"), "b": StageOutcome("pending"), "audit": StageOutcome("pending")}
-    s = Scheduler(plan, progress=Progress(outcomes, {}, {}, 1), expanded={}, at=5.0)
+    s = Resumed(plan, Progress(outcomes, {}, {}, 1), {}, 5.0)
     assert [(e.stage, e.time) for e in s.drain() if isinstance(e, StageSkipped)] == [("b", 5.0), ("audit", 5.0)]
     assert s.status() == "failed"
 

@@ -245,47 +245,6 @@ class StageJob:
             return 0.0
         return self.run_.price.least(self.model, stage_input.min_tokens) or 0.0
 
-    def _meter(self, stage_budget: float | None, fingerprint: str) -> tuple[Meter, Callable[[], None]]:
-        """What the stage's runner reports to and reserves from (see ``runners.Meter``), and how to release
-        a reservation a try left unsettled (one that ended before its request was reported)."""
-        run, sid, model, spent = self.run_, self.sid, self.model, self.spent
-        purse = run.purse
-        held = [0.0]  # the reservation of the request in flight, settled by its attempt's report
-
-        def report(attempt: AttemptRecord) -> None:
-            cost = run.price.cost(attempt, model) if attempt.usage.total else 0.0  # a command costs nothing
-            spent.usage = spent.usage + attempt.usage
-            spent.cost_usd = add_cost(spent.cost_usd, cost)
-            purse.settle(held[0], cost or 0.0)
-            held[0] = 0.0
-            run.emit(AttemptFinished(run.clock(), sid, attempt, cost))
-
-        async def reserve(input_tokens: int, max_output: int, batch: bool) -> None:
-            worst = run.price.worst(model, input_tokens, max_output, batch) or 0.0
-            if stage_budget is not None and (spent.cost_usd or 0.0) + worst > stage_budget:
-                raise StageFailure(
-                    f"the stage's budget of ${stage_budget:.2f} would be exceeded: ${spent.cost_usd or 0.0:.4f} "
-                    f"spent, and its next request may cost up to ${worst:.4f}"
-                )
-            await purse.reserve(worst)
-            held[0] = worst
-
-        def batched(batch_id: str, custom_id: str) -> None:
-            run.emit(BatchSubmitted(run.clock(), sid, batch_id, custom_id, fingerprint))
-
-        def release() -> None:
-            purse.settle(held[0], 0.0)
-            held[0] = 0.0
-
-        pending = run.batches.pop(sid, None)
-        meter = Meter(
-            report,
-            reserve if purse.limited or stage_budget is not None else None,
-            batched,
-            (pending[1], pending[2]) if pending is not None and pending[0] == fingerprint else None,
-        )
-        return meter, release
-
     # -- tries ---------------------------------------------------------------------------------------
 
     async def _tries(self, stage_input: StageInput, reason: str) -> StageOutcome:
@@ -305,7 +264,7 @@ class StageJob:
                 run.deadlines[sid] = run.now() + timeout
             error, output, data = None, "", None
             reply_problem = False
-            meter, release = self._meter(stage_budget, stage_input.fingerprint)
+            meter, release = stage_meter(run, sid, self.model, self.spent, stage_budget, stage_input.fingerprint)
             try:
                 token = await run.guard.before(sid)
                 result = await run.executor.run_try(sid, request, meter)
@@ -412,6 +371,49 @@ class StageJob:
         )
         run.emit(StageFailed(run.clock(), self.sid, round(outcome.duration, 3), error, interrupted))
         return outcome
+
+
+def stage_meter(
+    run: RunContext, sid: str, model: str, spent: _Ledger, stage_budget: float | None, fingerprint: str
+) -> tuple[Meter, Callable[[], None]]:
+    """What the stage's runner reports to and reserves from (see ``runners.Meter``), and how to release
+    a reservation a try left unsettled (one that ended before its request was reported)."""
+    purse = run.purse
+    held = [0.0]  # the reservation of the request in flight, settled by its attempt's report
+
+    def report(attempt: AttemptRecord) -> None:
+        cost = run.price.cost(attempt, model) if attempt.usage.total else 0.0  # a command costs nothing
+        spent.usage = spent.usage + attempt.usage
+        spent.cost_usd = add_cost(spent.cost_usd, cost)
+        purse.settle(held[0], cost or 0.0)
+        held[0] = 0.0
+        run.emit(AttemptFinished(run.clock(), sid, attempt, cost))
+
+    async def reserve(input_tokens: int, max_output: int, batch: bool) -> None:
+        worst = run.price.worst(model, input_tokens, max_output, batch) or 0.0
+        if stage_budget is not None and (spent.cost_usd or 0.0) + worst > stage_budget:
+            raise StageFailure(
+                f"the stage's budget of ${stage_budget:.2f} would be exceeded: ${spent.cost_usd or 0.0:.4f} "
+                f"spent, and its next request may cost up to ${worst:.4f}"
+            )
+        await purse.reserve(worst)
+        held[0] = worst
+
+    def batched(batch_id: str, custom_id: str) -> None:
+        run.emit(BatchSubmitted(run.clock(), sid, batch_id, custom_id, fingerprint))
+
+    def release() -> None:
+        purse.settle(held[0], 0.0)
+        held[0] = 0.0
+
+    pending = run.batches.pop(sid, None)
+    meter = Meter(
+        report,
+        reserve if purse.limited or stage_budget is not None else None,
+        batched,
+        (pending[1], pending[2]) if pending is not None and pending[0] == fingerprint else None,
+    )
+    return meter, release
 
 
 def output_digest(outcome: StageOutcome, stage_input: StageInput) -> str:

@@ -31,7 +31,7 @@ from ..state.store import StateStore
 from .outcomes import Decision, Instance, Progress, StageInput, StageOutcome
 from .prepare import PreparedRun, workspace_manifests
 from .request import decide_condition, foreach_items, request_builder
-from .scheduler import Scheduler
+from .resumed import Resumed
 
 __all__ = ["Driver", "Step", "busy", "epoch", "rejected_notes"]
 
@@ -69,14 +69,14 @@ class Driver:
         self.build = request_builder(prepared, rejected_notes(state), workspace_manifests(prepared))
         self.approvals = Approvals(prepared.folder, state)
         self.agents = {a.agent: a.name for a in prepared.compiled.rendered if not a.coordinator}
-        self.scheduler = Scheduler(
+        self.scheduler = Resumed(
             self.plan,
+            self._read_progress(),
+            {sid: s.instances for sid, s in state.stages.items() if s.instances},
+            clock(),
             max_rounds=state.max_rounds,
             condition=decide_condition(prepared),
             expand=foreach_items(prepared),
-            progress=self._read_progress(),
-            expanded={sid: s.instances for sid, s in state.stages.items() if s.instances},
-            at=clock(),
         )
         self._ready: list[str] = []
 

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..events import Event, StageFailed, StageSucceeded
+from ..fingerprint import digest
 from ..runners import Usage
 from .outcomes import Instance, StageOutcome
 
@@ -126,3 +128,26 @@ class FanOut:
             duration=duration,
         )
         return result
+
+    def combined(self, stage: str, outcomes: Mapping[str, StageOutcome], at: float) -> tuple[StageOutcome, Event]:
+        """``combine``, with the stage's fingerprint over its instances' and the event that records it."""
+        outcome = self.combine(stage, outcomes)
+        members = self.members[stage]
+        outcome.fingerprint = digest("\n".join(outcomes[i].fingerprint for i in members), 64)
+        duration = round(outcome.duration, 3)
+        if outcome.status != "succeeded":
+            return outcome, StageFailed(at, stage, duration, outcome.error or "failed")
+        inputs = {i: outcomes[i].fingerprint[:16] for i in members}
+        event = StageSucceeded(
+            at,
+            stage,
+            duration,
+            outcome.usage,
+            outcome.cost_usd,
+            outcome.output,
+            outcome.data,
+            outcome.fingerprint,
+            inputs,
+            digest(outcome.output, 64),
+        )
+        return outcome, event

@@ -35,7 +35,7 @@ The rules it owns:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ..audit import Finding, Verdict
@@ -49,11 +49,9 @@ from ..events import (
     StageFailed,
     StageReopened,
     StageSkipped,
-    StageSucceeded,
 )
-from ..fingerprint import digest
 from ..graph import Plan
-from ..scopes import scopes_overlap
+from .admission import Admission, ScopeOf
 from .fanout import FanOut, name_instances
 from .outcomes import Decision, Instance, Progress, RunStatus, StageOutcome
 
@@ -63,11 +61,10 @@ __all__ = ["Condition", "Expander", "Halt", "Scheduler", "ScopeOf"]
 # the stage stands for its instances unexpanded, as ``plan`` takes it).
 Condition = Callable[[str, Progress], "str | None"]
 Expander = Callable[[str, Progress], Any]
-ScopeOf = Callable[[str, "Instance | None"], tuple[str, ...]]
 Halt = Literal["stop", "budget", "failure"]
 
-_OPEN = ("pending", "interrupted")
-_DONE = ("succeeded", "failed", "skipped")
+OPEN = ("pending", "interrupted")
+DONE = ("succeeded", "failed", "skipped")
 _RUNNING = StageOutcome("running")  # shared: a running stage has nothing of its own to hold yet
 
 
@@ -91,16 +88,12 @@ class Scheduler:
         condition: Condition | None = None,
         expand: Expander | None = None,
         progress: Progress | None = None,
-        expanded: Mapping[str, Iterable[str]] | None = None,
-        at: float = 0.0,
     ) -> None:
-        """A scheduler for a new run, or (``progress``, ``expanded``: each foreach stage's instances) one
-        restored at time ``at`` from a run recorded part-way."""
+        """A scheduler for a new run (``progress``: what the stages have to read, when given)."""
         self.plan = plan
         self.max_rounds = max_rounds
         self.only = only
         self.approve_all = approve_all
-        self.scope_of = scope or _no_scope
         self.condition = condition
         self.expand = expand
         self.events: list[Event] = []
@@ -117,16 +110,11 @@ class Scheduler:
         self.ready: list[tuple[tuple[int, int], str]] = []
         self.waiting: dict[str, int] = {}
         self.running: set[str] = set()
-        self.writing: set[str] = set()  # running stages with a write scope
-        self.overlapped: dict[str, set[str]] = {}  # writers that ran alongside each writer
-        self._scopes: dict[str, tuple[str, ...]] = {}
-        self._conflicts: dict[tuple[str, str], bool] = {}
-        if expanded is None:
-            self.waiting = {sid: len(plan.stages[sid].needs) for sid in plan.order}
-            self.ready = [(self.index[sid], sid) for sid, n in self.waiting.items() if n == 0]
-            heapq.heapify(self.ready)
-        else:
-            self._restore(expanded, at)
+        self.admission = Admission(scope or _no_scope, progress.instances.get)
+        self.overlapped = self.admission.overlapped  # writers that ran alongside each writer
+        self.waiting = {sid: len(plan.stages[sid].needs) for sid in plan.order}
+        self.ready = [(self.index[sid], sid) for sid, n in self.waiting.items() if n == 0]
+        heapq.heapify(self.ready)
 
     # -- facts in ------------------------------------------------------------------------------------
 
@@ -142,26 +130,6 @@ class Scheduler:
                 self._admit(sid)
                 return sid
         return None
-
-    def take_all(self, at: float) -> list[str]:
-        """Every stage that may start now, in order, each decided (``if``) and expanded (``foreach``) as in
-        ``next``, but left pending: for a caller that starts stages elsewhere (``orchestrate state``)."""
-        out: list[tuple[tuple[int, int], str]] = []
-        while self.ready:
-            entry = heapq.heappop(self.ready)
-            if self.outcomes[entry[1]].status not in _OPEN:
-                continue
-            if self._resolve(entry[1], at):
-                out.append(entry)
-        for entry in out:
-            heapq.heappush(self.ready, entry)
-        return [sid for _, sid in sorted(out)]
-
-    def started(self, sid: str) -> None:
-        """``sid`` was started by the caller (taken with ``take_all``)."""
-        self.ready = [e for e in self.ready if e[1] != sid]
-        heapq.heapify(self.ready)
-        self._admit(sid)
 
     def gate(
         self,
@@ -194,7 +162,7 @@ class Scheduler:
         """Record a stage's outcome and release, skip, combine or send back what follows from it."""
         self.outcomes[sid] = outcome
         self.running.discard(sid)
-        self.writing.discard(sid)
+        self.admission.leave(sid)
         if sid in self.fanout.parent_of:  # an instance: its stage settles once all of its instances have
             parent = self.fanout.settle(sid)
             if parent is not None:
@@ -213,25 +181,6 @@ class Scheduler:
             else:
                 self._skip_downstream(sid, at)
 
-    def restart(self, sid: str, at: float) -> None:
-        """``sid`` is done again by hand: what comes after it that is done is reopened (what a failure
-        skipped, what its earlier output fed), and a failed foreach stage runs its instances again."""
-        spec_id = self.fanout.parent_of.get(sid, sid)
-        after = self.plan.descendants({spec_id})
-        for other in [o for o in self.outcomes if self.fanout.parent_of.get(o, o) in after]:
-            if self.outcomes[other].status in ("succeeded", "failed", "skipped") and other not in self.fanout.parent_of:
-                self.events.append(StageReopened(at, other, f"{sid} is running again"))
-                self._reopen(other)
-        parent = self.fanout.parent_of.get(sid)
-        if parent is not None and self.outcomes[parent].status == "failed":
-            members = self.fanout.members[parent]
-            items = tuple(self.progress.instances[i].item for i in members)
-            self.events.append(StageExpanded(at, parent, tuple(members), items))
-            self.outcomes[parent] = StageOutcome("running")
-            self.fanout.restore(parent, [i for i in members if self.outcomes[i].status not in _DONE])
-        for other in list(self.outcomes):
-            self._recount(other, at)
-
     def halt(self, why: Halt, note: str = "") -> None:
         """Start nothing more: stopped (a signal), out of budget, or failed (``note`` says why)."""
         self.halted.setdefault(why, note)
@@ -245,11 +194,6 @@ class Scheduler:
 
     def spec_id(self, sid: str) -> str:
         return self.fanout.parent_of.get(sid, sid)
-
-    def scope(self, sid: str) -> tuple[str, ...]:
-        if sid not in self._scopes:
-            self._scopes[sid] = self.scope_of(sid, self.progress.instances.get(sid))
-        return self._scopes[sid]
 
     def released(self, sid: str) -> bool:
         """Whether stages that need ``sid`` may go on."""
@@ -271,7 +215,7 @@ class Scheduler:
             return "interrupted"
         if "budget" in self.halted:
             return "budget_exceeded"
-        if self.running or any(self.outcomes[sid].status in _OPEN for _, sid in self.ready):
+        if self.running or any(self.outcomes[sid].status in OPEN for _, sid in self.ready):
             return "running"
         if any(o.status == "waiting_approval" for o in self.outcomes.values()):
             return "waiting_approval"
@@ -286,64 +230,10 @@ class Scheduler:
 
     # -- the rules -----------------------------------------------------------------------------------
 
-    def _restore(self, expanded: Mapping[str, Iterable[str]], at: float) -> None:
-        for parent, ids in expanded.items():
-            members = [self.progress.instances[i] for i in ids if i in self.progress.instances]
-            added = self.fanout.add(parent, members)
-            for iid, instance in zip(added, members, strict=True):
-                self.index[iid] = (self.index[parent][0], instance.index)
-            self.fanout.restore(parent, [i for i in added if self.outcomes[i].status not in _DONE])
-        if self.progress.outcomes.get(self.plan.audit_stage or "") is not None:
-            data = self.outcomes[self.plan.audit_stage or ""].data
-            self.verdict = Verdict.model_validate(data) if data is not None else None
-        for sid, outcome in self.outcomes.items():
-            if outcome.status == "running" and sid not in self.fanout.members:
-                self.running.add(sid)
-            elif outcome.status == "waiting_approval":
-                self.gates[sid] = (outcome.fingerprint, "")
-        for sid in list(self.outcomes):
-            self._recount(sid, at)
-        for parent in expanded:  # all of its instances finished, but it was never combined
-            if self.outcomes[parent].status == "running" and not self.fanout.out(parent):
-                self.settle(parent, self._combine(parent, at), at)
-
-    def _recount(self, sid: str, at: float) -> None:
-        """Count what ``sid`` still waits for; ready it, or skip it when a need can no longer release it."""
-        parent = self.fanout.parent_of.get(sid)
-        if parent is not None:
-            ready = self.outcomes[sid].status in _OPEN and self.outcomes[parent].status == "running"
-            if ready and (self.index[sid], sid) not in self.ready:
-                heapq.heappush(self.ready, (self.index[sid], sid))
-            return
-        if sid not in self.plan.stages:  # an instance of an expansion since forgotten
-            return
-        needs = self.plan.stages[sid].needs
-        self.waiting[sid] = sum(1 for need in needs if not self.released(need))
-        if self.outcomes[sid].status not in _OPEN:
-            return
-        for need in needs:
-            status = self.outcomes[need].status
-            if status in ("failed", "skipped") and not self.released(need):
-                how = "failed" if status == "failed" else "was skipped"
-                self._skip(sid, f"needs {need}, which {how}", at)
-                return
-        if self.waiting[sid] == 0 and (self.index[sid], sid) not in self.ready:
-            heapq.heappush(self.ready, (self.index[sid], sid))
-
     def _admit(self, sid: str) -> None:
         self.outcomes[sid] = _RUNNING
         self.running.add(sid)
-        if self.scope(sid):  # only writers can be blamed for, or cleared of, a change
-            for other in self.writing:
-                self.overlapped[other].add(sid)
-            self.overlapped[sid] = set(self.writing)
-            self.writing.add(sid)
-
-    def _conflict(self, a: str, b: str) -> bool:
-        key = (a, b) if a < b else (b, a)
-        if key not in self._conflicts:
-            self._conflicts[key] = scopes_overlap(self.scope(a), self.scope(b))
-        return self._conflicts[key]
+        self.admission.enter(sid)
 
     def _pop_admissible(self) -> str | None:
         """The first ready stage whose write scope overlaps no running stage's; the others stay ready."""
@@ -352,9 +242,9 @@ class Scheduler:
         while self.ready:
             entry = heapq.heappop(self.ready)
             sid = entry[1]
-            if self.outcomes[sid].status not in _OPEN:
+            if self.outcomes[sid].status not in OPEN:
                 continue
-            if self.writing and self.scope(sid) and any(self._conflict(sid, other) for other in self.writing):
+            if self.admission.held(sid):
                 blocked.append(entry)
                 continue
             found = sid
@@ -396,7 +286,7 @@ class Scheduler:
             self.progress.instances[iid] = instance
             self.outcomes[iid] = StageOutcome("pending")
             self.index[iid] = (self.index[sid][0], instance.index)
-            self._scopes.pop(iid, None)
+            self.admission.forget(iid)
             heapq.heappush(self.ready, (self.index[iid], iid))
         if not ids:
             self.settle(sid, self._combine(sid, at), at)
@@ -408,32 +298,14 @@ class Scheduler:
 
     def _combine(self, sid: str, at: float) -> StageOutcome:
         """A foreach stage's outcome from its instances', recorded like any stage's."""
-        outcome = self.fanout.combine(sid, self.outcomes)
-        members = self.fanout.members[sid]
-        outcome.fingerprint = digest("\n".join(self.outcomes[i].fingerprint for i in members), 64)
-        if outcome.status == "succeeded":
-            self.events.append(
-                StageSucceeded(
-                    at,
-                    sid,
-                    round(outcome.duration, 3),
-                    outcome.usage,
-                    outcome.cost_usd,
-                    outcome.output,
-                    outcome.data,
-                    outcome.fingerprint,
-                    {i: self.outcomes[i].fingerprint[:16] for i in members},
-                    digest(outcome.output, 64),
-                )
-            )
-        else:
-            self.events.append(StageFailed(at, sid, round(outcome.duration, 3), outcome.error or "failed"))
+        outcome, event = self.fanout.combined(sid, self.outcomes, at)
+        self.events.append(event)
         return outcome
 
     def _release(self, sid: str) -> None:
         for dependent in self.plan.dependents.get(sid, ()):
             self.waiting[dependent] -= 1
-            if self.waiting[dependent] == 0 and self.outcomes[dependent].status in _OPEN:
+            if self.waiting[dependent] == 0 and self.outcomes[dependent].status in OPEN:
                 heapq.heappush(self.ready, (self.index[dependent], dependent))
 
     def _skip(self, sid: str, reason: str, at: float) -> None:
@@ -445,7 +317,7 @@ class Scheduler:
         todo = [(d, failed, how) for d in self.plan.dependents[failed]]
         while todo:
             sid, cause, why = todo.pop(0)
-            if self.outcomes[sid].status not in _OPEN:
+            if self.outcomes[sid].status not in OPEN:
                 continue
             self._skip(sid, f"needs {cause}, which {'failed' if why == 'failed' else 'was skipped'}", at)
             todo.extend((d, sid, "skipped") for d in self.plan.dependents[sid])
@@ -474,11 +346,7 @@ class Scheduler:
         if verdict is None:
             return False
         round_ = self.progress.round
-        targets: set[str] = set()
-        if verdict.verdict == "fail" and round_ < self.max_rounds:
-            audit = self.plan.audit_stage
-            named = {self.spec_id(f.stage) for f in verdict.findings}
-            targets = {s for s in named if s in self.plan.stages and s != audit and self.plan.stages[s].has_output}
+        targets = rework_of(self.plan, verdict, self.spec_id) if round_ < self.max_rounds else set()
         rework = tuple(s for s in self.plan.order if s in targets)
         self.events.append(AuditRound(at, round_, verdict.verdict, verdict.summary, len(verdict.findings), rework))
         if not rework:
@@ -498,3 +366,11 @@ class Scheduler:
             if self.waiting[sid] == 0:
                 heapq.heappush(self.ready, (self.index[sid], sid))
         return True
+
+
+def rework_of(plan: Plan, verdict: Verdict, spec_id: Callable[[str], str]) -> set[str]:
+    """The stages a failed verdict sends back: those its findings name that have an output (not the audit)."""
+    if verdict.verdict != "fail":
+        return set()
+    named = {spec_id(f.stage) for f in verdict.findings}
+    return {s for s in named if s in plan.stages and s != plan.audit_stage and plan.stages[s].has_output}

@@ -88,7 +88,7 @@ def read_events(folder: Path, offset: int = 0, *, display: str | None = None) ->
         return []
     out: list[tuple[int, Event]] = []
     position = offset
-    for number, line in enumerate(data.splitlines(keepends=True), 1):
+    for line in data.splitlines(keepends=True):
         if not line.endswith(b"\n"):
             break
         try:
