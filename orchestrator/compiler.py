@@ -31,6 +31,7 @@ from .models import facts_for, setting_problems
 from .project import Project
 from .render import RenderedAgent, Renderer
 from .render.context import COORDINATOR
+from .runners.registry import kind_of
 
 __all__ = ["Compiled", "check_output", "compile_workflow", "load_plan", "model_problems", "write_output"]
 
@@ -138,7 +139,7 @@ def model_problems(plan: Plan) -> list[WorkflowError]:
                         hint="a batched request can't call tools turn by turn; drop batch or the agent's tools",
                     )
                 )
-            elif plan.runner_for(stage.id) != "anthropic":
+            elif not kind_of(plan.runner_for(stage.id)).batches:
                 errors.append(
                     WorkflowError(
                         f"stage {stage.id!r} has batch: true, but it runs with {plan.runner_for(stage.id)}",

@@ -16,6 +16,7 @@ import networkx as nx
 
 from .drawing import Drawing, render
 from .errors import WorkflowError, WorkflowErrors
+from .runners.registry import kind_of
 from .workflow import AUDITOR_AGENT, Permissions, StageSpec, Workflow
 
 __all__ = ["Plan", "build_plan", "render_graph"]
@@ -50,7 +51,7 @@ class Plan:
     def model_for(self, stage_id: str) -> str:
         """Model routing: the stage's own model, else its agent's, else the workflow default."""
         stage = self.stages[stage_id]
-        if stage.agent is None:  # an approval gate: no model runs it
+        if stage.kind != "agent" or stage.agent is None:  # a command or an approval gate: no model runs it
             return ""
         return stage.model or self.workflow.agent_spec(stage.agent).model or self.workflow.defaults.model
 
@@ -58,9 +59,9 @@ class Plan:
         """What runs a stage: "shell" for a run: command, "" for an approval gate, else the stage's runner,
         its agent's, or "anthropic"."""
         stage = self.stages[stage_id]
-        if stage.run is not None:
+        if stage.kind == "command":
             return "shell"
-        if stage.agent is None:
+        if stage.kind == "approval" or stage.agent is None:
             return ""
         return stage.runner or self.workflow.agent_spec(stage.agent).runner or "anthropic"
 
@@ -86,7 +87,7 @@ class Plan:
         if stage.writes is not None:
             return stage.writes
         runner = self.runner_for(stage_id)
-        if runner in ("shell", "claude-code", "opencode") or {"edit", "bash"} & set(self.tools_for(stage_id)):
+        if (runner and kind_of(runner).acts) or {"edit", "bash"} & set(self.tools_for(stage_id)):
             return ("**",)
         return ()
 

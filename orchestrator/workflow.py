@@ -411,6 +411,8 @@ class Permissions(_Model):
 
 Tool = Literal["read", "edit", "search", "bash"]
 RunnerName = Literal["anthropic", "claude-code", "opencode"]
+# What does a stage's work; an agent and a command produce an output later stages read, an approval does not.
+StageKind = Literal["agent", "command", "approval"]
 
 
 class AgentSpec(_Model):
@@ -697,17 +699,12 @@ class StageSpec(_StagePolicy):
         return self
 
     @property
-    def runs_agent(self) -> bool:
-        return self.agent is not None
-
-    @property
-    def is_shell(self) -> bool:
-        return self.run is not None
-
-    @property
-    def has_output(self) -> bool:
-        """It produces an output later stages read: an agent's reply or a command's output."""
-        return self.agent is not None or self.run is not None
+    def kind(self) -> StageKind:
+        """What does the stage's work: an agent, a ``run:`` command, or a person (``type: approval``). The
+        validators let exactly one of them be given; everything else asks this, never the fields."""
+        if self.run is not None:
+            return "command"
+        return "agent" if self.agent is not None else "approval"
 
 
 @dataclass

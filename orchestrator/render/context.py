@@ -61,7 +61,7 @@ def stage_dict(plan: Plan, stage: StageSpec) -> dict[str, Any]:
         "id": stage.id,
         "agent": stage.agent or "",
         "agent_config_name": config_name(plan.workflow.name, stage.agent) if stage.agent else "",
-        "kind": "command" if stage.run is not None else ("agent" if stage.agent else "approval"),
+        "kind": stage.kind,
         "run": stage.run or "",
         "foreach": stage.foreach or "",
         "condition": stage.condition or "",

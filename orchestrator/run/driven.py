@@ -193,7 +193,7 @@ class Driver:
             self.flush()
             self._ready = []
             for sid in ready:
-                if self.spec(sid).has_output:
+                if self.spec(sid).kind != "approval":
                     self._ready.append(sid)
                     continue
                 scheduler.started(sid)  # a pure approval gate: raised (or decided) now

@@ -28,6 +28,7 @@ from ..events import StageSkipped
 from ..fingerprint import Recalled
 from ..models import facts_for
 from ..runners import StageRequest, Usage
+from ..runners.registry import kind_of
 from .outcomes import Decision, Progress, StageOutcome
 from .prepare import PreparedRun, load_previous, request_builder, start_session
 from .request import decide_condition
@@ -252,7 +253,7 @@ class _Dry:
     def _reads(self, sid: str) -> set[str]:
         plan, stage = self.plan, self.plan.stages[sid]
         reads = set(plan.order) - {sid} if sid == plan.audit_stage else set(stage.needs)
-        return reads | (self.prepared.compiled.renderer.checker.stages_read(sid) if stage.runs_agent else set())
+        return reads | (self.prepared.compiled.renderer.checker.stages_read(sid) if stage.kind == "agent" else set())
 
     def condition(self, sid: str, progress: Progress) -> str | None:
         """A stage's ``if``, decided now when it reads only params or outputs at hand (as the run will)."""
@@ -281,7 +282,7 @@ class _Dry:
                 what = f"fans out over items known once its needs are done (taken as {TYPICAL.instances})"
             else:
                 what = "runs if its condition holds when its needs are done (counted as running)"
-            if not stage.runs_agent:
+            if stage.kind != "agent":
                 return StageForecast(sid, wave, "run", what, None, None, 0.0 if stage.run else None), released, None
             self.waiting[sid] = (wave, what, "run")
             return _stand_in(prepared, sid, len(reads) * TYPICAL.reply), released, None
@@ -289,7 +290,7 @@ class _Dry:
             stage_input = self.build(sid, self.progress)
         except Exception as exc:  # a prompt that needs outputs this run has not made yet
             message = getattr(exc, "message", str(exc))
-            if not stage.runs_agent:
+            if stage.kind != "agent":
                 why = f"can't be built yet: {message}"
                 return StageForecast(sid, wave, "run", why, None, None, None), released, None
             self.waiting[sid] = (wave, "its prompt needs outputs this run will make", "run")
@@ -306,7 +307,7 @@ class _Dry:
         if waiting_on:
             obstacle = session.memo.obstacle(sid)
             reason = obstacle or f"upstream {', '.join(waiting_on)} will run (kept if its output comes out the same)"
-            if request is None or not stage.runs_agent:
+            if request is None or stage.kind != "agent":
                 return StageForecast(sid, wave, "wait", reason, None, None, None), released, None
             self.waiting[sid] = (wave, reason, "run")
             return _parts(sid, request, len(waiting_on) * TYPICAL.reply), released, None
@@ -355,7 +356,7 @@ def _stand_in(prepared: PreparedRun, sid: str, pending_outputs: int) -> _Request
     plan = prepared.compiled.plan
     stage = plan.stages[sid]
     agent = next(a for a in prepared.compiled.rendered if a.agent == stage.agent and not a.coordinator)
-    tools = plan.tools_for(sid) if plan.runner_for(sid) == "anthropic" else ()
+    tools = plan.tools_for(sid) if kind_of(plan.runner_for(sid)).tools else ()
     permissions = plan.permissions_for(sid)
     request = StageRequest(
         stage_id=sid,

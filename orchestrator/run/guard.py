@@ -108,7 +108,7 @@ class WorkspaceGuard:
             outside = outside_scope([p for p in changed if p not in theirs], scope)
             if outside:
                 problems.append(f"it changed files outside its write scope ({', '.join(scope)}): {_names(outside)}")
-        acts = spec.run is not None or self.acting
+        acts = spec.kind == "command" or self.acting
         if spec.outputs and acts and self.plan.writes_for(spec_id):
             outputs = list(self._render(stage, "outputs", spec.outputs))
             missing = await asyncio.to_thread(output_problems, self.root, outputs)

@@ -138,7 +138,7 @@ def start_stage(project: Project, task: str, stage: str, *, clock: Callable[[], 
             )
         if current.status == "skipped" and current.conditional:
             raise UsageError(f"{what}: it was skipped ({current.error})")
-        if not spec.has_output:
+        if spec.kind == "approval":
             raise UsageError(
                 f"{what}: it is an approval gate; a person decides it",
                 hint=f"orchestrate approve {task} {sid}  (or: orchestrate reject {task} {sid} --note WHY)",

@@ -36,7 +36,7 @@ from ..params import check_stage, check_task, param_text, parse_param_args, reso
 from ..project import INSTRUCTIONS_DIR, OUTPUT_DIR, Project
 from ..runners import Runner
 from ..runners.offline import OfflineRunner, check_responses
-from ..runners.shell import ShellRunner
+from ..runners.registry import RunnerSetup, kind_of
 from ..state.approvals import Approvals
 from ..state.lock import TaskLock
 from ..state.memo import Memo, Record
@@ -127,7 +127,7 @@ class PreparedRun:
         if self.offline or self.replay is not None:
             return False
         plan = self.compiled.plan
-        return any(plan.runner_for(sid) == "anthropic" for sid in plan.order)
+        return any(kind_of(plan.runner_for(sid)).calls_api for sid in plan.order if plan.runner_for(sid))
 
     @property
     def command(self) -> str:
@@ -194,7 +194,9 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
     if budget is not None:
         if budget <= 0:
             raise UsageError(f"--budget must be more than 0 (got {budget:g})")
-        _check_priced(plan.workflow.pricing, [plan.model_for(sid) for sid in plan.order if plan.stages[sid].runs_agent])
+        _check_priced(
+            plan.workflow.pricing, [plan.model_for(sid) for sid in plan.order if plan.stages[sid].kind == "agent"]
+        )
     for sid in plan.order:
         stage_budget = plan.stages[sid].budget
         if stage_budget is not None:
@@ -208,11 +210,10 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
             f"--replay {request.replay}: no such folder", hint="record one first with: orchestrate run ... --record DIR"
         )
     if not request.offline and not request.driven:
-        for kind in dict.fromkeys(plan.runner_for(sid) for sid in plan.order):
-            if kind in ("claude-code", "opencode"):
-                from ..runners.agent_cli import find_cli
-
-                find_cli(kind, request.environ)
+        for name in dict.fromkeys(plan.runner_for(sid) for sid in plan.order if plan.runner_for(sid)):
+            preflight = kind_of(name).preflight
+            if preflight is not None:
+                preflight(request.environ)
     folder = project.state_root / task
     return PreparedRun(
         compiled=compiled,
@@ -403,7 +404,11 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
     for sid in plan.order:
         spec = plan.stages[sid]
         fresh = StageState(
-            id=sid, agent=spec.agent or "", model=plan.model_for(sid), needs=list(spec.needs), gate=not spec.has_output
+            id=sid,
+            agent=spec.agent or "",
+            model=plan.model_for(sid),
+            needs=list(spec.needs),
+            gate=spec.kind == "approval",
         )
         old = previous.stages.get(sid) if previous is not None and same else None
         if old is not None:
@@ -586,27 +591,20 @@ class RunnerChoice:
 
     def _make(self, kind: str) -> Runner:
         prepared = self.prepared
-        if kind == "shell":
-            return ShellRunner(prepared.root, prepared.environ)
-        if self.runner is not None:
+        if kind != "shell" and self.runner is not None:
             return self.runner
-        if prepared.offline:
+        if kind != "shell" and prepared.offline:
             return OfflineRunner(prepared.responses, prepared.latency)
-        if kind in ("claude-code", "opencode"):
-            from ..runners.agent_cli import ClaudeCodeRunner, OpenCodeRunner
-
-            cls = ClaudeCodeRunner if kind == "claude-code" else OpenCodeRunner
-            return cls(_cli_agents(prepared), prepared.root, prepared.environ)
-        from ..runners.anthropic import AnthropicRunner, WorkspaceSetup  # slow to import: only for real runs
-        from ..runners.recording import Recorder, Replayer
-        from ..runners.warmup import CacheWarmer
-
-        return AnthropicRunner(
-            workspace=WorkspaceSetup(prepared.root, prepared.environ, prepared.repository.stages),
-            recorder=Recorder(prepared.record) if prepared.record is not None else None,
-            replayer=Replayer(prepared.replay) if prepared.replay is not None else None,
-            warmer=CacheWarmer(prepared.compiled.plan.workflow.defaults.cache_warmup),
+        setup = RunnerSetup(
+            root=prepared.root,
+            environ=prepared.environ,
+            transcripts=prepared.repository.stages,
+            record=prepared.record,
+            replay=prepared.replay,
+            cache_warmup=prepared.compiled.plan.workflow.defaults.cache_warmup,
+            agents=lambda: _cli_agents(prepared),
         )
+        return kind_of(kind).make(setup)
 
     def prepare(self) -> None:
         """Make every runner the plan's stages will use."""

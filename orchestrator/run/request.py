@@ -21,6 +21,7 @@ from ..fingerprint import digest, request_fingerprint
 from ..manifest import Manifests
 from ..params import param_text
 from ..runners import ShellCommand, StageRequest
+from ..runners.registry import kind_of
 from .outcomes import Progress, StageInput
 
 __all__ = ["RunInputs", "decide_condition", "foreach_items", "request_builder", "run_time_values", "workspace_section"]
@@ -163,6 +164,7 @@ def request_builder(
         }
     else:
         runner_keys = {sid: plan.runner_for(sid) for sid in plan.order}
+    kinds = {sid: kind_of(plan.runner_for(sid)) for sid in plan.order if plan.runner_for(sid)}
     rejected = dict(rejected or {})
     ancestors: dict[str, set[str]] = {}
 
@@ -178,7 +180,7 @@ def request_builder(
             for gate in plan.order
             if gate in progress.decisions
             and gate in above
-            and (progress.decisions[gate].note or (gate in needs and not plan.stages[gate].runs_agent))
+            and (progress.decisions[gate].note or (gate in needs and plan.stages[gate].kind != "agent"))
         ]
 
     def build(sid: str, progress: Progress) -> StageInput:
@@ -186,11 +188,11 @@ def request_builder(
         spec_id = instance.parent if instance is not None else sid
         stage = plan.stages[spec_id]
         outcomes = progress.outcomes
-        if not stage.has_output:  # an approval gate: what flowed into it is what a person approves
+        if stage.kind == "approval":  # an approval gate: what flowed into it is what a person approves
             gate_inputs = {f"need:{n}": digest(outcomes[n].output) for n in stage.needs}
             gate_inputs["gate_message"] = digest(stage.approval_message)
             return StageInput.gate(gate_inputs)
-        if stage.run is not None:
+        if stage.kind == "command":
             return shell_input(sid, spec_id, progress)
         agent = stage.agent or ""
         audit = spec_id == plan.audit_stage
@@ -200,8 +202,8 @@ def request_builder(
             prompt = prepared.compiled.renderer.render_prompt(
                 spec_id, run_time_values(prepared, sid, spec_id, progress)
             )
-        shown = [o for o in plan.order if o != sid and plan.stages[o].has_output] if audit else stage.needs
-        shown = [o for o in shown if o not in referenced and plan.stages[o].has_output]
+        shown = [o for o in plan.order if o != sid and plan.stages[o].kind != "approval"] if audit else stage.needs
+        shown = [o for o in shown if o not in referenced and plan.stages[o].kind != "approval"]
         inputs: dict[str, str] = {
             **agent_inputs[agent],
             "model": models[spec_id],
@@ -272,7 +274,7 @@ def request_builder(
                 + " Do the stage again with that in mind."
             )
             inputs["rejected"] = digest(note)
-        tools = plan.tools_for(spec_id) if runner_keys[spec_id] == "anthropic" or prepared.offline else ()
+        tools = plan.tools_for(spec_id) if kinds[spec_id].tools or prepared.offline else ()
         permissions = plan.permissions_for(spec_id)
         if tools:
             parts.append(workspace_section(spec_id, tools, permissions.bash, permissions.shell))
@@ -329,7 +331,7 @@ def request_builder(
         # (read from the cache); each request's worst case is reserved when it is sent.
         low, _ = token_range(len(request.brief) + len(request.system) + len(message))
         base = request_fingerprint(request, system_sha[agent], brief_sha[agent]) + runner_keys[spec_id]
-        acts = (bool(tools) and not prepared.offline) or runner_keys[spec_id] in ("claude-code", "opencode")
+        acts = (bool(tools) and not prepared.offline) or kinds[spec_id].acts
         return seeing(request, inputs, base, low) if acts else StageInput(request, inputs, digest(base, 64), low)
 
     def seeing(request: StageRequest, inputs: dict[str, str], base: str, low: int = 0) -> StageInput:

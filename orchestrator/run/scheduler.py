@@ -373,4 +373,4 @@ def rework_of(plan: Plan, verdict: Verdict, spec_id: Callable[[str], str]) -> se
     if verdict.verdict != "fail":
         return set()
     named = {spec_id(f.stage) for f in verdict.findings}
-    return {s for s in named if s in plan.stages and s != plan.audit_stage and plan.stages[s].has_output}
+    return {s for s in named if s in plan.stages and s != plan.audit_stage and plan.stages[s].kind != "approval"}
