@@ -34,7 +34,8 @@ from pathlib import Path
 from orchestrator.events import RunFinished, RunStarted
 from orchestrator.fileio import atomic_write
 from orchestrator.project import Project
-from orchestrator.run.prepare import RunRequest, prepare_run, run_async
+from orchestrator.run.options import RunRequest
+from orchestrator.run.prepare import prepare_run, run_async
 from orchestrator.runners.offline import OfflineRunner
 
 MAX_PARALLEL = 1000

@@ -47,7 +47,8 @@ from genai_prices import calc_price  # noqa: E402
 
 from orchestrator.project import Project  # noqa: E402
 from orchestrator.run.forecast import forecast_run  # noqa: E402
-from orchestrator.run.prepare import RunRequest, prepare_run, run_prepared  # noqa: E402
+from orchestrator.run.options import RunRequest  # noqa: E402
+from orchestrator.run.prepare import prepare_run, run_prepared  # noqa: E402
 from orchestrator.runners.anthropic import AnthropicRunner, WorkspaceSetup, token_counter  # noqa: E402
 from orchestrator.runners.warmup import CacheWarmer  # noqa: E402
 from tests.fake_anthropic import DEFAULT_VERDICT, FakeAnthropic, Request  # noqa: E402

@@ -1,7 +1,8 @@
 """orchestrate: a declarative runner for AI-agent pipelines.
 
 Workflow YAML -> checked DAG -> rendered agent instructions -> agent configs for
-OpenCode and Claude Code. The public API is the names in ``__all__``; anything
+OpenCode and Claude Code, and runs (``prepare_workflow``, ``run_workflow``). The
+public API is the names in ``__all__`` (see docs/python-api.md); anything
 not listed may change. Names load on first use, so ``import orchestrator`` (and
 the CLI's start-up) costs only what a command actually needs.
 """
@@ -39,6 +40,13 @@ _EXPORTS = {
     "StageSpec": "workflow",
     "Workflow": "workflow",
     "json_schema": "workflow",
+    "RunRequest": "run.options",
+    "PreparedRun": "run.options",
+    "RunOutcome": "run.outcomes",
+    "RunControl": "run.engine",
+    "prepare_workflow": "run.prepare",
+    "run_workflow": "run.prepare",
+    "run_workflow_async": "run.prepare",
 }
 
 __all__ = [
@@ -46,11 +54,15 @@ __all__ = [
     "Location",
     "OrchestrateError",
     "Plan",
+    "PreparedRun",
     "Project",
     "ProjectError",
     "RenderedAgent",
     "Renderer",
+    "RunControl",
     "RunFailedError",
+    "RunOutcome",
+    "RunRequest",
     "RunnerError",
     "StageSpec",
     "StateError",
@@ -66,7 +78,10 @@ __all__ = [
     "load_plan",
     "load_workflow",
     "parse_workflow",
+    "prepare_workflow",
     "render_graph",
+    "run_workflow",
+    "run_workflow_async",
     "write_output",
 ]
 
@@ -96,4 +111,8 @@ if TYPE_CHECKING:
     from .loader import load_workflow, parse_workflow
     from .project import Project, find_project
     from .render import RenderedAgent, Renderer
+    from .run.engine import RunControl
+    from .run.options import PreparedRun, RunRequest
+    from .run.outcomes import RunOutcome
+    from .run.prepare import prepare_workflow, run_workflow, run_workflow_async
     from .workflow import StageSpec, Workflow, json_schema

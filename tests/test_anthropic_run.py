@@ -15,7 +15,8 @@ import pytest
 
 from orchestrator.compiler import compile_workflow
 from orchestrator.project import Project
-from orchestrator.run.prepare import RunRequest, prepare_run, run_prepared
+from orchestrator.run.options import RunRequest
+from orchestrator.run.prepare import prepare_run, run_prepared
 from orchestrator.runners.anthropic import AnthropicRunner, RetryPolicy
 
 from .conftest import FEATURE, CliRunner, TempProject

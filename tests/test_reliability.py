@@ -569,7 +569,8 @@ def run_cli(root: Path, env: dict[str, str], scenario: Scenario, task: str) -> O
 
 def run_in_process(root: Path, scenario: Scenario, task: str) -> Outcome:
     from orchestrator.project import Project
-    from orchestrator.run.prepare import RunRequest, prepare_run, run_prepared
+    from orchestrator.run.options import RunRequest
+    from orchestrator.run.prepare import prepare_run, run_prepared
     from orchestrator.runners.anthropic import AnthropicRunner, RetryPolicy
 
     started = time.monotonic()

@@ -15,7 +15,10 @@ from orchestrator.graph import build_plan
 from orchestrator.loader import parse_workflow
 from orchestrator.project import Project
 from orchestrator.run.engine import EngineOptions, execute
-from orchestrator.run.prepare import RunRequest, initial_state, prepare_run, request_builder
+from orchestrator.run.options import RunRequest
+from orchestrator.run.prepare import prepare_run
+from orchestrator.run.request import request_builder
+from orchestrator.run.session import initial_state
 from orchestrator.runners.offline import OfflineRunner
 from orchestrator.state.model import RunState, StageState
 from orchestrator.state.report import render_markdown

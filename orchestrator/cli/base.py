@@ -14,9 +14,13 @@ import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from ..compiler import Compiled
+    from ..project import Project
 
 from .. import __version__
 from ..errors import OrchestrateError, WorkflowErrors
@@ -102,7 +106,7 @@ task_root_option = click.option(
 )
 
 
-def _project(workflow: Path, root: Path | None) -> Any:
+def _project(workflow: Path, root: Path | None) -> Project:
     with _paused_gc():
         from ..project import find_project
 
@@ -113,7 +117,7 @@ def _project(workflow: Path, root: Path | None) -> Any:
     return project
 
 
-def _task_project(root: Path | None) -> Any:
+def _task_project(root: Path | None) -> Project:
     """The project of the task commands: ``--root``, else the working directory."""
     with _paused_gc():
         from ..project import Project
@@ -121,7 +125,7 @@ def _task_project(root: Path | None) -> Any:
     return Project((root or Path.cwd()).absolute())
 
 
-def _compile(workflow: Path, root: Path | None, target: str = "all") -> Any:
+def _compile(workflow: Path, root: Path | None, target: str = "all") -> Compiled:
     with _paused_gc():
         from ..agent_config import TARGETS
         from ..compiler import compile_workflow

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -27,6 +28,12 @@ from .base import (
     task_root_option,
     workflow_argument,
 )
+
+if TYPE_CHECKING:
+    from ..events import Listener
+    from ..run.engine import RunControl
+    from ..run.options import RunRequest
+    from ..run.session import Session
 
 
 def run_options(func: Any) -> Any:
@@ -64,23 +71,43 @@ def run_options(func: Any) -> Any:
     return func
 
 
-def _run_request(task: str, params: tuple[str, ...], params_file: Path | None, **more: Any) -> Any:
+def _run_request(
+    task: str,
+    params: tuple[str, ...],
+    params_file: Path | None,
+    force: bool,
+    from_stages: tuple[str, ...],
+    only: tuple[str, ...],
+    budget: float | None,
+    offline: bool,
+    responses: Path | None,
+    *,
+    max_parallel: int | None = None,
+    approve_all: bool = False,
+    latency: float = 0.0,
+    record: Path | None = None,
+    replay: Path | None = None,
+) -> RunRequest:
+    """The typed request the library takes, from the options as click parsed them (paths made absolute)."""
     with _paused_gc():
-        from ..run.prepare import RunRequest
+        from ..run.options import RunRequest
 
-    responses = more.pop("responses", None)
-    record, replay = more.pop("record", None), more.pop("replay", None)
     return RunRequest(
         task=task,
+        param_args=params,
+        params_file=params_file.absolute() if params_file else None,
+        max_parallel=max_parallel,
+        offline=offline,
+        responses_file=responses.absolute() if responses else None,
+        latency=latency,
+        force=force,
+        from_stages=from_stages,
+        only=only,
+        approve_all=approve_all,
+        budget_usd=budget,
         environ=dict(os.environ),
         record=record.absolute() if record else None,
         replay=replay.absolute() if replay else None,
-        param_args=params,
-        params_file=params_file.absolute() if params_file else None,
-        responses_file=responses.absolute() if responses else None,
-        from_stages=more.pop("from_stages", ()),
-        budget_usd=more.pop("budget", None),
-        **more,
     )
 
 
@@ -103,7 +130,25 @@ def _run_request(task: str, params: tuple[str, ...], params_file: Path | None, *
     help="Rerun with the replies saved by --record DIR: no network, no API key, the same results.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead of the live view.")
-def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int:
+def run(
+    workflow: Path,
+    root: Path | None,
+    as_json: bool,
+    task: str,
+    params: tuple[str, ...],
+    params_file: Path | None,
+    force: bool,
+    from_stages: tuple[str, ...],
+    only: tuple[str, ...],
+    budget: float | None,
+    offline: bool,
+    responses: Path | None,
+    max_parallel: int | None,
+    approve_all: bool,
+    latency: float,
+    record: Path | None,
+    replay: Path | None,
+) -> int:
     """Run a workflow's stages against Claude, in parallel where the DAG allows.
 
     \b
@@ -124,8 +169,24 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
         from ..state.report import summary_lines
 
     project = _project(workflow, root)
-    prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
-    if not options.get("task"):
+    request = _run_request(
+        task,
+        params,
+        params_file,
+        force,
+        from_stages,
+        only,
+        budget,
+        offline,
+        responses,
+        max_parallel=max_parallel,
+        approve_all=approve_all,
+        latency=latency,
+        record=record,
+        replay=replay,
+    )
+    prepared = prepare_run(workflow.absolute(), project, request)
+    if not task:
         _err(f"note: task {prepared.task} (the workflow's name); name another with --task NAME")
     if prepared.needs_api and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         raise UsageError(
@@ -137,14 +198,14 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
         _err(f"note: {notice}")
     out = sys.stdout
     if as_json:
-        view: Any = JsonView(out)
+        view: Listener = JsonView(out)
     elif out.isatty():
         view = LiveView(out)
     else:
         view = PlainView(out)
 
-    def started(session: Any) -> None:
-        if session.resume:
+    def started(session: Session) -> None:
+        if session.resume and session.previous is not None:
             _err(f"note: continuing run {session.run_id}, which stopped ({session.previous.status.replace('_', ' ')})")
         for change in session.changes:
             _err(f"note: since the last run: {change}")
@@ -169,7 +230,21 @@ def run(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int
 @run_options
 @click.option("--approve-all", is_flag=True, help="Count approval gates as approved.")
 @click.option("--json", "as_json", is_flag=True, help="Print the forecast as JSON.")
-def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> int:
+def plan_(
+    workflow: Path,
+    root: Path | None,
+    as_json: bool,
+    task: str,
+    params: tuple[str, ...],
+    params_file: Path | None,
+    force: bool,
+    from_stages: tuple[str, ...],
+    only: tuple[str, ...],
+    budget: float | None,
+    offline: bool,
+    responses: Path | None,
+    approve_all: bool,
+) -> int:
     """Show what `run` would do and cost, calling no model: the waves, which stages run or are kept and
     why, prompt sizes, and expected tokens and cost (prompt cache included), checked against the budget.
     With ANTHROPIC_API_KEY set, prompts are counted by the API's free token-counting endpoint."""
@@ -179,7 +254,10 @@ def plan_(workflow: Path, root: Path | None, as_json: bool, **options: Any) -> i
         from ..state.report import format_cost
 
     project = _project(workflow, root)
-    prepared = prepare_run(workflow.absolute(), project, _run_request(**options))
+    request = _run_request(
+        task, params, params_file, force, from_stages, only, budget, offline, responses, approve_all=approve_all
+    )
+    prepared = prepare_run(workflow.absolute(), project, request)
     counter = None
     if not prepared.offline and (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         from ..runners.anthropic import token_counter
@@ -288,12 +366,12 @@ def explain(task: str, stage: str, root: Path | None) -> int:
 
 
 @contextmanager
-def _signals_stop(control: Any) -> Iterator[None]:
+def _signals_stop(control: RunControl) -> Iterator[None]:
     """SIGINT and SIGTERM stop the run cleanly (in-flight stages cancelled and recorded); a second
     one quits at once. Every state file is written atomically, so even that leaves valid files."""
     import signal
 
-    def handle(signum: int, frame: Any) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
         if control.requested:
             _err("Interrupted again: quitting now. The state files are valid; run the same command to continue.")
             os._exit(EXIT_INTERRUPTED)

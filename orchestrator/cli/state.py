@@ -6,7 +6,7 @@ import getpass
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from .base import (
     task_root_option,
     workflow_argument,
 )
+
+if TYPE_CHECKING:
+    from ..run.driven import Step
 
 _OUTPUT_HELP = "The stage's output: a file, or - for stdin (default: the stage's file in the state folder)."
 
@@ -51,7 +54,7 @@ def _by() -> str:
         return ""
 
 
-def _show(step: Any, as_json: bool) -> None:
+def _show(step: Step, as_json: bool) -> None:
     """Where the run stands and what may start now."""
     task = step.state.task
     if as_json:
@@ -79,7 +82,7 @@ def _show(step: Any, as_json: bool) -> None:
         click.echo(f"Waiting for approval. State: {folder}/workflow-state.md")
 
 
-def _step_json(step: Any) -> dict[str, Any]:
+def _step_json(step: Step) -> dict[str, Any]:
     return {
         "task": step.state.task,
         "status": step.state.status,
@@ -112,7 +115,7 @@ def begin(
     """Create the task's run from WORKFLOW (or go on with the one that stopped part-way)."""
     with _paused_gc():
         from ..run.manual import begin_run
-        from ..run.prepare import RunRequest
+        from ..run.options import RunRequest
 
     request = RunRequest(
         task=task,

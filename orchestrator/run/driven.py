@@ -28,10 +28,11 @@ from ..state.approvals import Approvals
 from ..state.model import RunState
 from ..state.report import render_markdown
 from ..state.store import StateStore
+from .options import PreparedRun
 from .outcomes import Decision, Instance, Progress, StageInput, StageOutcome
-from .prepare import PreparedRun, workspace_manifests
 from .request import decide_condition, foreach_items, request_builder
 from .resumed import Resumed
+from .session import workspace_manifests
 
 __all__ = ["Driver", "Step", "busy", "epoch", "rejected_notes"]
 

@@ -29,10 +29,11 @@ from ..fingerprint import Recalled
 from ..models import facts_for
 from ..runners import StageRequest, Usage
 from ..runners.registry import kind_of
+from .options import PreparedRun
 from .outcomes import Decision, Progress, StageOutcome
-from .prepare import PreparedRun, load_previous, request_builder, start_session
-from .request import decide_condition
+from .request import decide_condition, request_builder
 from .scheduler import Scheduler
+from .session import load_previous, start_session
 
 __all__ = ["TYPICAL", "Forecast", "StageForecast", "TokenCounter", "forecast_run"]
 

@@ -31,8 +31,10 @@ from ..state.lock import TaskLock
 from ..state.model import StageState
 from ..state.repository import FileRepository, recover_state
 from .driven import Driver, Step, busy, epoch
+from .options import PreparedRun, RunRequest
 from .outcomes import StageOutcome
-from .prepare import PreparedRun, RunRequest, initial_state, load_previous, prepare_run, start_session
+from .prepare import prepare_run
+from .session import initial_state, load_previous, start_session
 
 __all__ = [
     "LOCK_WAIT",

@@ -1,157 +1,57 @@
-"""A run of a task, from the command's inputs to a finished state folder.
+"""A run of a task, from the command's inputs to a finished state folder; the public Python API.
 
-``prepare_run`` does every check that needs no API (the workflow and its
-templates, params, the task name, stage names, canned responses, the budget)
-and raises before anything is written. ``run_async`` takes the task's lock,
-reads what earlier runs left (``recover_state``), decides whether this run
-continues the stored one (it stopped: interrupted, killed, paused at a gate,
-out of budget) or starts a new one (it had finished), and hands the plan to
-the engine with a ``Memo`` (unchanged stages keep their outputs) and the
-approval gates. The request of a stage: system prompt = the agent's compiled
-instructions, the same text as in the generated configs; user message = the
-task, the params, the upstream outputs, approval notes, audit findings sent
-back, and the rendered stage prompt.
+    prepared = prepare_workflow("workflows/feature.yaml", RunRequest(task="add-login", param_args=["goal=..."]))
+    outcome = run_workflow(prepared)                 # or: await run_workflow_async(prepared)
+
+``prepare_workflow`` (``prepare_run`` with the project found for you) does
+every check that needs no API (the workflow and its templates, params, the
+task name, stage names, canned responses, the budget) and raises before
+anything is written. ``run_async`` takes the task's lock, reads what earlier
+runs left, decides with ``session`` whether this run continues the stored one,
+and hands the plan to the engine with the memo (unchanged stages keep their
+outputs), the approval gates and the runners, chosen through the runner
+registry. The state folder is complete and durable when it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shlex
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..audit import Finding
-from ..compiler import Compiled, compile_workflow
+from ..compiler import compile_workflow
 from ..cost import Pricing, has_price
-from ..errors import StateError, UsageError
+from ..errors import UsageError
 from ..events import Listener
-from ..fingerprint import digest
 from ..loader import load_mapping
-from ..manifest import Manifests
-from ..params import check_stage, check_task, param_text, parse_param_args, resolve_params
-from ..project import INSTRUCTIONS_DIR, OUTPUT_DIR, Project
+from ..params import check_stage, check_task, parse_param_args, resolve_params
+from ..project import Project, find_project
 from ..runners import Runner
 from ..runners.offline import OfflineRunner, check_responses
 from ..runners.registry import RunnerSetup, kind_of
-from ..state.approvals import Approvals
 from ..state.lock import TaskLock
-from ..state.memo import Memo, Record
-from ..state.model import RunState, StageState, timestamp
 from ..state.report import render_markdown
-from ..state.repository import FileRepository, recover_state
 from ..state.store import StateStore
 from .engine import EngineOptions, RunControl, RunOutcome, execute
 from .guard import WorkspaceGuard
+from .options import PreparedRun, RunRequest
 from .request import decide_condition, foreach_items, request_builder
+from .session import Session, initial_state, inside, load_previous, start_session
 
 if TYPE_CHECKING:
     from ..runners.agent_cli import CliAgent
 
 __all__ = [
-    "PreparedRun",
-    "RunRequest",
-    "Session",
-    "changes_since",
-    "initial_state",
-    "load_previous",
+    "RunnerChoice",
     "prepare_run",
-    "request_builder",
+    "prepare_workflow",
     "run_async",
     "run_prepared",
-    "start_session",
-    "workspace_manifests",
+    "run_workflow",
+    "run_workflow_async",
 ]
-
-# A stored run that ended in one of these is continued by the next `orchestrate run`; any other starts anew.
-RESUMABLE = frozenset({"running", "interrupted", "waiting_approval", "budget_exceeded", "partial"})
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What the user asked for on the command line."""
-
-    task: str  # "": the workflow's name
-    param_args: Sequence[str] = ()
-    params_file: Path | None = None
-    max_parallel: int | None = None
-    offline: bool = False
-    responses_file: Path | None = None
-    latency: float = 0.0
-    force: bool = False
-    from_stages: Sequence[str] = ()
-    only: Sequence[str] = ()
-    approve_all: bool = False
-    budget_usd: float | None = None
-    # The caller's environment: commands get it scrubbed of secrets; agent CLIs get it as it is.
-    environ: Mapping[str, str] = field(default_factory=dict)
-    record: Path | None = None
-    replay: Path | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)  # typed values (a stored run's), under the others
-    driven: bool = False  # stages run elsewhere and are recorded with ``orchestrate state``: no runner needed
-
-
-@dataclass(frozen=True)
-class PreparedRun:
-    compiled: Compiled
-    workflow_path: Path
-    task: str
-    params: dict[str, Any]
-    max_parallel: int
-    folder: Path
-    offline: bool
-    responses: dict[str, Any]
-    latency: float
-    force: bool = False
-    from_stages: tuple[str, ...] = ()
-    only: tuple[str, ...] = ()
-    approve_all: bool = False
-    budget_usd: float | None = None
-    display: str = ""  # how messages name the state folder
-    root: Path = Path(".")  # the workspace: the project root, where tools and commands work
-    environ: Mapping[str, str] = field(default_factory=dict)
-    record: Path | None = None
-    replay: Path | None = None
-
-    @property
-    def repository(self) -> FileRepository:
-        """Where the task's state lives."""
-        return FileRepository(self.folder, self.display or None)
-
-    @property
-    def needs_api(self) -> bool:
-        """Whether some stage will call the Messages API (so an API key is needed)."""
-        if self.offline or self.replay is not None:
-            return False
-        plan = self.compiled.plan
-        return any(kind_of(plan.runner_for(sid)).calls_api for sid in plan.order if plan.runner_for(sid))
-
-    @property
-    def command(self) -> str:
-        """The command that runs (or continues) this task, as a user would type it from the project root."""
-        parts = ["orchestrate", "run", self.compiled.source, "--task", self.task]
-        for name, value in self.params.items():
-            parts += ["--param", f"{name}={param_text(value)}"]
-        if self.offline:
-            parts.append("--offline")
-        return shlex.join(parts)
-
-    @property
-    def forced(self) -> dict[str, str]:
-        """Stages this run must redo whatever they hold, with the reason."""
-        plan = self.compiled.plan
-        if self.force:
-            return {sid: "--force" for sid in plan.order}
-        out: dict[str, str] = {}
-        for sid in self.from_stages:
-            for target in {sid} | plan.descendants({sid}):
-                out.setdefault(target, f"--from {sid}")
-        for sid in self.only:
-            out[sid] = f"--only {sid}"
-        return out
 
 
 def _check_stages(plan_stages: Mapping[str, Any], names: Sequence[str], option: str) -> tuple[str, ...]:
@@ -248,213 +148,36 @@ def _check_priced(pricing: Mapping[str, Any], models: Sequence[str]) -> None:
             )
 
 
-def load_previous(prepared: PreparedRun) -> RunState | None:
-    """What earlier runs of the task left (snapshot plus logged events), or None for a fresh task.
-
-    A state folder this version can't read stops the run (nothing is overwritten) unless ``--force``.
-    """
-    if not prepared.repository.exists():
-        return None
-    try:
-        return recover_state(prepared.folder, display=prepared.display)
-    except StateError as exc:
-        if prepared.force:
-            return None
-        if "--force" not in (exc.hint or ""):
-            exc.hint = (exc.hint + "; " if exc.hint else "") + "or start the task afresh with --force"
-        raise
+def prepare_workflow(
+    workflow: str | Path, request: RunRequest | None = None, *, root: str | Path | None = None
+) -> PreparedRun:
+    """Check a workflow and a request without calling any API (a user mistake raises ``OrchestrateError``, whose
+    ``exit_code`` is 2); ``root`` is the project folder (default: the one holding the workflow's ``workflows/``).
+    Nothing is read from the environment: pass ``RunRequest(environ=...)`` for what commands and agent CLIs get."""
+    path = Path(workflow).absolute()
+    project = find_project(path, Path(root).absolute() if root is not None else None)
+    return prepare_run(path, project, request or RunRequest(task=""))
 
 
-@dataclass
-class Session:
-    """How this run relates to the stored one."""
-
-    run_id: str
-    resume: bool
-    previous: RunState | None
-    memo: Memo
-    approvals: Approvals
-    feedback: dict[str, list[Finding]] = field(default_factory=dict)
-    spent_usd: float = 0.0
-    round: int = 1
-    changes: list[str] = field(default_factory=list)
-    sources: dict[str, str] = field(default_factory=dict)
-    # Batches an earlier run submitted and never collected: stage -> (fingerprint, batch id, custom id).
-    batches: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    workspace: Manifests | None = None  # what stages that act see of the workspace
-
-    @property
-    def rejected(self) -> dict[str, str]:
-        """Stages whose last output a person rejected, with the note: they are told when they rerun."""
-        return {sid: r.rejected for sid, r in self.memo.records.items() if r.rejected is not None}
+def run_workflow(
+    prepared: PreparedRun,
+    *,
+    listeners: Sequence[Listener] = (),
+    control: RunControl | None = None,
+) -> RunOutcome:
+    """Run a prepared workflow to its end (or until stopped or paused at a gate), its state folder written and
+    durable when this returns; ``listeners`` see every event; ``control`` stops it from another thread."""
+    return run_prepared(prepared, listeners=listeners, control=control)
 
 
-def _sources(prepared: PreparedRun) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for agent in prepared.compiled.rendered:
-        for name, data in agent.sources:
-            out[name] = digest(data.replace(b"\r\n", b"\n"))
-    return dict(sorted(out.items()))
-
-
-def changes_since(previous: RunState | None, prepared: PreparedRun, current: Mapping[str, str]) -> list[str]:
-    """What differs from the stored run, in words: files of the workflow and its templates (``current``
-    maps each to its digest), params."""
-    if previous is None:
-        return []
-    out: list[str] = []
-    if previous.workflow != prepared.compiled.plan.workflow.name:
-        out.append(f"the task was last run with workflow {previous.workflow!r}")
-    before = previous.sources
-    edited = [name for name in current if name in before and before[name] != current[name]]
-    added = [name for name in current if name not in before]
-    removed = [name for name in before if name not in current]
-    if before:
-        if edited:
-            out.append("changed: " + ", ".join(edited))
-        if added:
-            out.append("new: " + ", ".join(added))
-        if removed:
-            out.append("no longer used: " + ", ".join(removed))
-    params = sorted(
-        name
-        for name in previous.params.keys() | prepared.params.keys()
-        if previous.params.get(name) != prepared.params.get(name)
-    )
-    if params:
-        out.append("params changed: " + ", ".join(params))
-    return out
-
-
-def workspace_manifests(prepared: PreparedRun, *, keep: bool = True) -> Manifests:
-    """What stages that act see of the workspace, without orchestrate's own files (workflows, templates, state,
-    compiled output, recordings: what a stage is told of them is in its request already); manifests are kept
-    in the task's state folder (``keep=False``: read there, never written)."""
-    ignore = _inside(
-        prepared.root,
-        prepared.folder.parent,
-        prepared.root / OUTPUT_DIR,
-        prepared.root / INSTRUCTIONS_DIR,
-        prepared.workflow_path.parent,
-        prepared.record,
-    )
-    return Manifests(prepared.root, ignore, prepared.repository.workspace, keep=keep)
-
-
-def start_session(
-    prepared: PreparedRun, previous: RunState | None, run_id: str | None = None, *, dry: bool = False
-) -> Session:
-    plan = prepared.compiled.plan
-    same_workflow = previous is not None and previous.workflow == plan.workflow.name
-    resume = previous is not None and same_workflow and previous.status in RESUMABLE and not prepared.force
-    records: dict[str, Record] = {}
-    if previous is not None and same_workflow and not prepared.force:
-        for sid, stage in previous.stages.items():
-            rejected = None
-            if stage.approval is not None and stage.approval.status == "rejected":
-                rejected = stage.approval.note
-            records[sid] = Record(
-                status=stage.status,
-                fingerprint=stage.fingerprint,
-                inputs=stage.inputs,
-                output_sha256=stage.output_sha256,
-                run_id=stage.from_run or previous.run_id,
-                error=stage.error,
-                gate=stage.gate,
-                rejected=rejected,
-            )
-    sources = _sources(prepared)
-    workspace = workspace_manifests(prepared, keep=not dry)
-    batches: dict[str, tuple[str, str, str]] = {}
-    if previous is not None and same_workflow:
-        for sid, stage in previous.stages.items():
-            if stage.batch is not None and stage.status != "succeeded":
-                batches[sid] = (stage.batch.fingerprint, stage.batch.id, stage.batch.custom_id)
-    feedback: dict[str, list[Finding]] = {}
-    if resume and previous is not None:
-        feedback = {sid: list(stage.feedback) for sid, stage in previous.stages.items() if stage.feedback}
-    return Session(
-        run_id=previous.run_id if resume and previous is not None else (run_id or uuid.uuid4().hex[:12]),
-        resume=resume,
-        previous=previous,
-        memo=Memo(prepared.repository, records, prepared.forced, workspace.get),
-        workspace=workspace,
-        approvals=Approvals(prepared.folder, previous if same_workflow else None),
-        feedback=feedback,
-        spent_usd=(previous.cost_usd or 0.0) if resume and previous is not None else 0.0,
-        round=previous.round if resume and previous is not None else 1,
-        changes=changes_since(previous, prepared, sources),
-        sources=sources,
-        batches=batches,
-    )
-
-
-def initial_state(prepared: PreparedRun, run_id: str, started: float, session: Session | None = None) -> RunState:
-    """The state a run starts from: a fresh one, or the stored run's carried on.
-
-    Stages keep what an earlier run recorded of them (their output's fingerprint
-    and digest above all) until the engine decides about them, so a run killed
-    at any moment still knows every finished stage.
-    """
-    plan = prepared.compiled.plan
-    previous = session.previous if session is not None else None
-    resume = session is not None and session.resume
-    same = previous is not None and previous.workflow == plan.workflow.name and not prepared.force
-    stages: dict[str, StageState] = {}
-    for sid in plan.order:
-        spec = plan.stages[sid]
-        fresh = StageState(
-            id=sid,
-            agent=spec.agent or "",
-            model=plan.model_for(sid),
-            needs=list(spec.needs),
-            gate=spec.kind == "approval",
-        )
-        old = previous.stages.get(sid) if previous is not None and same else None
-        if old is not None:
-            keep = {"status", "reason", "reused", "from_run", "round", "output", "fingerprint", "inputs"}
-            keep |= {"output_sha256", "error", "approval", "started", "finished", "duration", "batch"}
-            if resume:
-                keep |= {"tries", "attempts", "tokens", "cost_usd", "feedback"}
-            fresh = fresh.model_copy(update={name: getattr(old, name) for name in keep})
-            if fresh.status == "running":  # the process that ran it is gone
-                fresh.status = "interrupted"
-            if not resume and old.status == "succeeded" and not old.reused:
-                fresh.from_run = old.from_run or previous.run_id  # type: ignore[union-attr]
-        noted = previous.stages.get(sid) if previous is not None and previous.workflow == plan.workflow.name else None
-        if noted is not None and noted.notes:  # people's notes on a stage outlive its reruns, --force included
-            fresh = fresh.model_copy(update={"notes": noted.notes})
-        stages[sid] = fresh
-        if old is not None and spec.foreach and previous is not None:  # its instances, until it expands again
-            for iid in old.instances:
-                kept = previous.stages.get(iid)
-                if kept is not None:
-                    kept = kept.model_copy(update={"status": "interrupted"} if kept.status == "running" else {})
-                    stages[iid] = kept
-    state = RunState(
-        run_id=run_id,
-        workflow=plan.workflow.name,
-        workflow_file=prepared.compiled.source,
-        description=plan.workflow.description,
-        task=prepared.task,
-        params=prepared.params,
-        command=prepared.command,
-        offline=prepared.offline,
-        max_parallel=prepared.max_parallel,
-        started=timestamp(started),
-        budget_usd=prepared.budget_usd,
-        audit_stage=plan.audit_stage,
-        max_rounds=plan.workflow.audit.max_rounds,
-        sources=session.sources if session is not None else _sources(prepared),
-        stages=stages,
-    )
-    if resume and previous is not None:
-        state.started = previous.started
-        state.resumed = previous.resumed + 1
-        state.earlier = previous.duration or 0.0
-        state.tokens, state.cost_usd = previous.tokens, previous.cost_usd
-        state.rounds, state.round, state.audit = previous.rounds, previous.round, previous.audit
-    return state
+async def run_workflow_async(
+    prepared: PreparedRun,
+    *,
+    listeners: Sequence[Listener] = (),
+    control: RunControl | None = None,
+) -> RunOutcome:
+    """``run_workflow`` on the caller's event loop."""
+    return await run_async(prepared, listeners=listeners, control=control)
 
 
 def run_prepared(
@@ -518,7 +241,7 @@ async def run_async(
             prepared.compiled.renderer,
             params=prepared.params,
             task=prepared.task,
-            ignore=_inside(prepared.root, prepared.folder.parent, prepared.record),
+            ignore=inside(prepared.root, prepared.folder.parent, prepared.record),
             acting=not prepared.offline,
         )
         try:
@@ -554,14 +277,6 @@ async def run_async(
         finally:
             await runner_for.aclose()
             store.close()
-
-
-def _inside(root: Path, *folders: Path | None) -> tuple[str, ...]:
-    """Folders orchestrate itself writes during a run (state, recordings), as paths from the root: a stage's
-    write scope check must not blame the stage for them."""
-    return tuple(
-        f.relative_to(root).as_posix() for f in folders if f is not None and f.is_relative_to(root) and f != root
-    )
 
 
 def _check_only(prepared: PreparedRun, session: Session) -> None:
