@@ -3,7 +3,9 @@
 Owns every rule that spans stages: unique ids, known needs, no cycles, one
 final audit stage (added when missing), and the derived views: parallel waves,
 a deterministic order, and the critical path. The only
-module that imports networkx; everything it hands out is plain data.
+module that imports networkx, and only to explain a cycle: ordering a plan
+needs no import (``validate`` starts faster); everything it hands out is plain
+data.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import networkx as nx
 
 from .drawing import Drawing, render
 from .errors import WorkflowError, WorkflowErrors
@@ -166,8 +166,7 @@ def build_plan(workflow: Workflow) -> Plan:
         else:
             first_index[stage.id] = index
 
-    graph: nx.DiGraph[str] = nx.DiGraph()
-    graph.add_nodes_from(first_index)
+    graph = _Graph(first_index)
     for index, stage in enumerate(workflow.stages):
         if first_index.get(stage.id) != index:
             continue
@@ -185,10 +184,8 @@ def build_plan(workflow: Workflow) -> Plan:
                 graph.add_edge(need, stage.id)
     WorkflowErrors.raise_if_any(errors)
 
-    try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        cycle = None
+    waves = graph.generations()
+    cycle = _find_cycle(graph) if waves is None else None
     if cycle:
         path = [edge[0] for edge in cycle] + [cycle[0][0]]
         closing = cycle[-1]
@@ -202,9 +199,10 @@ def build_plan(workflow: Workflow) -> Plan:
 
     stages = {stage.id: stage for stage in workflow.stages}
     audit_id, added, notices = _audit_stage(workflow, graph, stages, first_index)
-    waves = tuple(tuple(sorted(gen)) for gen in nx.topological_generations(graph))
+    waves = graph.generations() if added else waves
+    assert waves is not None  # no cycle, and the added audit only follows sinks
     order = tuple(stage_id for wave in waves for stage_id in wave)
-    dependents = {node: tuple(sorted(graph.successors(node))) for node in order}
+    dependents = {node: tuple(sorted(graph.succ[node])) for node in order}
     return Plan(
         workflow=workflow,
         stages={stage_id: stages[stage_id] for stage_id in order},
@@ -231,7 +229,7 @@ def _by_agent(order: tuple[str, ...], stages: Mapping[str, StageSpec]) -> dict[s
 
 
 def _audit_stage(
-    workflow: Workflow, graph: nx.DiGraph[str], stages: dict[str, StageSpec], first_index: dict[str, int]
+    workflow: Workflow, graph: _Graph, stages: dict[str, StageSpec], first_index: dict[str, int]
 ) -> tuple[str, bool, list[str]]:
     """Apply the audit rule: exactly one audit stage, last, reached from every other stage."""
     audits = [s.id for s in workflow.stages if s.agent == AUDITOR_AGENT]
@@ -242,7 +240,7 @@ def _audit_stage(
             location=workflow.locate("stages", first_index[audits[1]], "agent"),
             hint="keep one audit stage at the end and let it need the others",
         )
-    sinks = sorted(node for node in graph if graph.out_degree(node) == 0)
+    sinks = sorted(node for node in graph.succ if not graph.succ[node])
     if not audits:
         audit_id = "audit"
         suffix = 2
@@ -256,7 +254,8 @@ def _audit_stage(
             description="Checks every stage's work against the workflow's intent and gates the result.",
         )
         graph.add_node(audit_id)
-        graph.add_edges_from((sink, audit_id) for sink in sinks)
+        for sink in sinks:
+            graph.add_edge(sink, audit_id)
         notice = f"no audit stage declared: added {audit_id!r} (agent {AUDITOR_AGENT}) after " + ", ".join(sinks)
         return audit_id, True, [notice]
 
@@ -276,7 +275,7 @@ def _audit_stage(
                 location=workflow.locate("stages", index, "if" if field_name == "condition" else field_name),
                 hint=f"move the {'if' if field_name == 'condition' else field_name} to another stage",
             )
-    after = sorted(graph.successors(audit_id))
+    after = sorted(graph.succ[audit_id])
     if after:
         raise WorkflowError(
             f"the audit stage {audit_id!r} must be the last stage, but {', '.join(after)} "
@@ -299,12 +298,57 @@ def _audit_stage(
     return audit_id, False, []
 
 
-def _critical_path(graph: nx.DiGraph[str], order: tuple[str, ...]) -> tuple[str, ...]:
+class _Graph:
+    """The needs as adjacency sets: what ordering a plan takes, with no import cost (networkx, this module's
+    graph library, is loaded only to explain a cycle)."""
+
+    def __init__(self, nodes: Mapping[str, int]) -> None:
+        self.pred: dict[str, dict[str, None]] = {node: {} for node in nodes}  # dicts: insertion-ordered sets
+        self.succ: dict[str, dict[str, None]] = {node: {} for node in nodes}
+
+    def add_node(self, node: str) -> None:
+        self.pred.setdefault(node, {})
+        self.succ.setdefault(node, {})
+
+    def add_edge(self, before: str, after: str) -> None:
+        self.succ[before][after] = None
+        self.pred[after][before] = None
+
+    def generations(self) -> tuple[tuple[str, ...], ...] | None:
+        """Topological generations, each sorted (Kahn's algorithm); None when the needs have a cycle."""
+        waiting = {node: len(preds) for node, preds in self.pred.items()}
+        wave = sorted(node for node, count in waiting.items() if count == 0)
+        out: list[tuple[str, ...]] = []
+        seen = 0
+        while wave:
+            out.append(tuple(wave))
+            seen += len(wave)
+            following: list[str] = []
+            for node in wave:
+                for after in self.succ[node]:
+                    waiting[after] -= 1
+                    if waiting[after] == 0:
+                        following.append(after)
+            wave = sorted(following)
+        return tuple(out) if seen == len(self.pred) else None
+
+
+def _find_cycle(graph: _Graph) -> list[tuple[str, str]]:
+    """One cycle of the needs, as edges, found by networkx (loaded here only: a cycle is a user's mistake)."""
+    import networkx as nx
+
+    digraph: nx.DiGraph[str] = nx.DiGraph()
+    digraph.add_nodes_from(graph.succ)
+    digraph.add_edges_from((a, b) for a, bs in graph.succ.items() for b in bs)
+    return list(nx.find_cycle(digraph))
+
+
+def _critical_path(graph: _Graph, order: tuple[str, ...]) -> tuple[str, ...]:
     """The longest chain of stages (by count); ties go to the alphabetically first stage."""
     length: dict[str, int] = {}
     best_pred: dict[str, str | None] = {}
     for node in order:
-        preds = sorted(graph.predecessors(node), key=lambda p: (-length[p], p))
+        preds = sorted(graph.pred[node], key=lambda p: (-length[p], p))
         best_pred[node] = preds[0] if preds else None
         length[node] = 1 + (length[preds[0]] if preds else 0)
     end = min(order, key=lambda n: (-length[n], n))

@@ -8,6 +8,7 @@ a ``SourceMap`` so later checks can point at the line a value came from.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -812,7 +813,13 @@ class _WorkflowBase(_Model):
         return self.source.locate(tuple(path), key=key, line_offset=line_offset)
 
     def agent_spec(self, agent: str) -> AgentSpec:
-        return self.agents.get(agent) or AgentSpec()
+        """The agent as declared, or the defaults of one that isn't (asked per stage per run: kept, not rebuilt)."""
+        return self.agents.get(agent) or _default_agent()
+
+
+@functools.cache
+def _default_agent() -> AgentSpec:
+    return AgentSpec()
 
 
 class Workflow(_WorkflowBase):

@@ -66,7 +66,7 @@ class Driver:
         self.state = state
         self.clock = clock
         # The state as read needs no rewrite; what changes is written when the command is done.
-        self.store = StateStore(prepared.folder, state, render_markdown, threaded=False, snapshot=snapshot)
+        self.store = StateStore(prepared.folder, state, render_markdown, snapshot=snapshot)
         self.build = request_builder(prepared, rejected_notes(state), workspace_manifests(prepared))
         self.approvals = Approvals(prepared.folder, state)
         self.agents = {a.agent: a.name for a in prepared.compiled.rendered if not a.coordinator}

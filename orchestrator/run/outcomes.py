@@ -69,7 +69,7 @@ class StageOutcome:
     conditional: bool = False  # skipped because its ``if`` was false: its dependents still run
 
 
-@dataclass
+@dataclass(repr=False)
 class RunOutcome:
     status: RunStatus
     stages: dict[str, StageOutcome]
@@ -79,6 +79,11 @@ class RunOutcome:
     duration: float
     note: str = ""
     waiting: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        # Short: asyncio prints a finished task's result in its repr, and a repr of every stage's output would
+        # cost milliseconds on a big run (asyncio.run asks for one as it restores its signal handler).
+        return f"RunOutcome(status={self.status!r}, stages={len(self.stages)}, cost_usd={self.cost_usd!r})"
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,7 @@ async def run_async(
             initial_state(prepared, session.run_id, clock(), session),
             render_markdown,
             flush_interval=flush_interval,
+            loop=asyncio.get_running_loop(),
             on_error=lambda exc: control.fail(f"its state can't be written: {exc}"),
         )
         pricing = plan.workflow.pricing

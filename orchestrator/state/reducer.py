@@ -83,18 +83,27 @@ def apply_event(state: RunState, event: Event) -> None:
         _expand(state, event)
         return
     stage = state.stages[event.stage]
+    # The three events every stage has set fields through ``__dict__``: the values are our own, already typed,
+    # and pydantic's checked assignment would be most of what recording a stage costs.
     if isinstance(event, StageStarted):
-        stage.status = "running"
-        stage.reason = event.reason
-        stage.reused, stage.from_run = False, None
-        stage.started = timestamp(event.time)
-        stage.finished = stage.duration = stage.error = None
-        stage.model = event.model
-        stage.round = event.round
-        stage.tries = 1
-        # The earlier output no longer belongs to this stage's inputs.
-        stage.output = stage.fingerprint = stage.output_sha256 = None
-        stage.inputs = {}
+        vars(stage).update(
+            status="running",
+            reason=event.reason,
+            reused=False,
+            from_run=None,
+            started=timestamp(event.time),
+            finished=None,
+            duration=None,
+            error=None,
+            model=event.model,
+            round=event.round,
+            tries=1,
+            # The earlier output no longer belongs to this stage's inputs.
+            output=None,
+            fingerprint=None,
+            output_sha256=None,
+            inputs={},
+        )
         if stage.approval is not None and stage.approval.status != "rejected":
             stage.approval = None
     elif isinstance(event, StageReused):
@@ -123,19 +132,25 @@ def apply_event(state: RunState, event: Event) -> None:
             )
         )
         # Stage and run totals follow every attempt, so an interrupted run still shows what it spent.
-        stage.tokens, stage.cost_usd = _added(stage.tokens, stage.cost_usd, record.usage, event.cost_usd)
-        state.tokens, state.cost_usd = _added(state.tokens, state.cost_usd, record.usage, event.cost_usd)
+        tokens, cost = _added(stage.tokens, stage.cost_usd, record.usage, event.cost_usd)
+        vars(stage).update(tokens=tokens, cost_usd=cost)
+        tokens, cost = _added(state.tokens, state.cost_usd, record.usage, event.cost_usd)
+        vars(state).update(tokens=tokens, cost_usd=cost)
     elif isinstance(event, BatchSubmitted):
         stage.batch = BatchState(id=event.batch_id, custom_id=event.custom_id, fingerprint=event.fingerprint)
     elif isinstance(event, StageRetrying):
         stage.tries = event.attempt + 1
         stage.error = f"try {event.attempt} failed: {event.error}"
     elif isinstance(event, StageSucceeded):
-        stage.status = "succeeded"
-        stage.finished = timestamp(event.time)
-        stage.duration = event.duration
-        stage.error = None
-        stage.fingerprint, stage.inputs, stage.output_sha256 = event.fingerprint, event.inputs, event.output_sha256
+        vars(stage).update(
+            status="succeeded",
+            finished=timestamp(event.time),
+            duration=event.duration,
+            error=None,
+            fingerprint=event.fingerprint,
+            inputs=event.inputs,
+            output_sha256=event.output_sha256,
+        )
         if not stage.gate:
             stage.output = f"stages/{event.stage}.md"
         if event.stage == state.audit_stage and event.data is not None:
