@@ -2,9 +2,19 @@
 
 Workflow YAML -> checked DAG -> rendered agent instructions -> agent configs for
 OpenCode and Claude Code, and runs (``prepare_workflow``, ``run_workflow``). The
-public API is the names in ``__all__`` (see docs/python-api.md); anything
-not listed may change. Names load on first use, so ``import orchestrator`` (and
-the CLI's start-up) costs only what a command actually needs.
+public API is the names in ``__all__`` (see docs/python-api.md); anything not
+listed may change. Names load on first use, so ``import orchestrator`` (and the
+CLI's start-up) costs only what a command actually needs.
+
+    workflow.py, loader.py   the workflow file: its model, and YAML with file:line errors
+    graph.py                 Workflow -> Plan: the checked DAG, waves, order, critical path
+    render/                  sandboxed Jinja for instructions and stage prompts
+    agent_config.py, compiler.py, watcher.py, scaffold.py   compile, watch, init
+    run/                     one run: options, session, the Scheduler and the engine around it
+    state/                   docs/ai/<task>/: model, reducer, repository, store, memo, approvals
+    runners/                 what runs a try: the registry, anthropic, agent CLIs, shell, offline
+    models.py, api_request.py, cost.py   what each Claude model accepts, request bodies, prices
+    cli/                     the command line, a thin layer over the above
 """
 
 from __future__ import annotations

@@ -699,7 +699,7 @@ class StageSpec(_StagePolicy):
         _check_kind(self, self.agent, self.prompt, self.model)
         return self
 
-    @property
+    @functools.cached_property  # asked many times per stage by every run: decided once per spec
     def kind(self) -> StageKind:
         """What does the stage's work: an agent, a ``run:`` command, or a person (``type: approval``). The
         validators let exactly one of them be given; everything else asks this, never the fields."""

@@ -152,7 +152,18 @@ def test_a_tool_loop_reads_edits_runs_the_tests_and_fixes_the_bug(
     # Sonnet 5.5 thinks first (the thinking block comes back as the API sent it), then answers.
     assert [block["type"] for block in lines[-1]["content"]] == ["thinking", "text"]
     assert lines[-1]["content"][1]["text"] == "Fixed add: it subtracted instead of adding."
-    assert state(project)["stages"]["fix"]["status"] == "succeeded"
+    fix = state(project)["stages"]["fix"]
+    assert fix["status"] == "succeeded"
+    # Four requests, one try: the turns of a tool loop are not retries.
+    assert fix["tries"] == 1 and len(fix["attempts"]) == 4
+    row = next(
+        line
+        for line in (folder(project) / "workflow-state.md").read_text().splitlines()
+        if line.startswith("| `fix` |")
+    )
+    assert "| Tries |" in (folder(project) / "workflow-state.md").read_text()
+    assert row.split("|")[5].strip() == "1"
+    assert "Requests: 4 (0 failed)" in cli("explain", TASK, "fix", cwd=project.root).out
 
 
 # -- 2. paths that lead out of the workspace, through every tool -----------------------------------------

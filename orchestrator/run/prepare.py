@@ -304,6 +304,7 @@ class RunnerChoice:
         self.prepared = prepared
         self.runner = runner
         self.made: dict[str, Runner] = {}
+        self.kinds: dict[str, str] = {}
 
     def _make(self, kind: str) -> Runner:
         prepared = self.prepared
@@ -329,7 +330,10 @@ class RunnerChoice:
                 self(sid)
 
     def __call__(self, sid: str) -> Runner:
-        kind = self.prepared.compiled.plan.runner_for(sid.split("[", 1)[0])  # an instance runs as its stage
+        spec_id = sid.split("[", 1)[0]  # an instance runs as its stage
+        kind = self.kinds.get(spec_id)
+        if kind is None:
+            kind = self.kinds[spec_id] = self.prepared.compiled.plan.runner_for(spec_id)
         key = "shell" if kind == "shell" else ("agent" if self.runner is not None or self.prepared.offline else kind)
         if key not in self.made:
             self.made[key] = self._make(kind)

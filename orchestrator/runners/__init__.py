@@ -3,7 +3,8 @@
 A runner turns a ``StageRequest`` (system prompt, user message, model) into a
 ``StageResult``; it reports every attempt it makes (an HTTP request, say) as it
 goes, so tokens spent on failed, retried or cancelled attempts are counted too.
-The engine knows only this Protocol. Runners: ``anthropic`` (the Messages API,
+The engine knows only this Protocol, and ``registry`` says what each kind can do
+and makes it. Runners: ``anthropic`` (the Messages API,
 with tools in a confined workspace; imported only when used), ``shell`` (a
 ``run:`` command), ``agent_cli`` (the Claude Code and OpenCode CLIs) and
 ``offline`` (scripted replies, no network).

@@ -190,13 +190,14 @@ def render_markdown(state: RunState) -> str:
     if state.command:
         lines.append(f"- Command: `{state.command}`")
     lines += ["", "## Stages", ""]
-    lines.append("| Stage | Agent | Model | Status | Attempts | Duration | Tokens | Cost | Output or reason |")
+    lines.append("| Stage | Agent | Model | Status | Tries | Duration | Tokens | Cost | Output or reason |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for stage in state.stages.values():
         detail = _detail(stage)
         runs = stage.agent or ("approval" if stage.gate else "command")
         lines.append(
-            f"| `{stage.id}` | {runs} | {stage.model} | {stage.status} | {len(stage.attempts) or ''} | "
+            # Tries: the stage's own (retries count); a tool loop's many requests are one try.
+            f"| `{stage.id}` | {runs} | {stage.model} | {stage.status} | {stage.tries or ''} | "
             f"{format_duration(stage.duration) if stage.duration is not None else ''} | "
             f"{format_tokens(stage) if stage.attempts else ''} | "
             f"{format_cost(stage.cost_usd) if stage.attempts else ''} | {detail} |"
