@@ -6,7 +6,7 @@ public API is the names in ``__all__`` (see docs/python-api.md); anything not
 listed may change. Names load on first use, so ``import orchestrator`` (and the
 CLI's start-up) costs only what a command actually needs.
 
-    workflow.py, loader.py   the workflow file: its model, and YAML with file:line errors
+    workflow/, loader.py     the workflow file: its models, and YAML with file:line errors
     graph.py                 Workflow -> Plan: the checked DAG, waves, order, critical path
     render/                  sandboxed Jinja for instructions and stage prompts
     agent_config.py, compiler.py, watcher.py, scaffold.py   compile, watch, init

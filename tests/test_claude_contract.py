@@ -137,7 +137,7 @@ def test_every_model_id_in_the_templates_examples_and_docs_is_current_and_priced
     from orchestrator.cost import has_price
     from orchestrator.models import facts_for
 
-    places = [REPO / "README.md", REPO / "orchestrator/scaffold.py", REPO / "orchestrator/workflow.py"]
+    places = [REPO / "README.md", REPO / "orchestrator/scaffold.py", *(REPO / "orchestrator/workflow").glob("*.py")]
     for folder in ("docs", "examples", "workflows", "orchestrator/defaults"):
         places += [p for p in (REPO / folder).rglob("*") if p.suffix in (".md", ".yaml", ".py") and p.is_file()]
     seen: dict[str, str] = {}

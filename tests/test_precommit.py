@@ -68,7 +68,7 @@ def test_the_hook_is_a_python_hook_that_runs_once_per_commit() -> None:
         ("output/opencode/agents/feature-plan.md", True),
         ("output/claude/agents/feature-plan.md", True),
         ("README.md", False),
-        ("orchestrator/workflow.py", False),
+        ("orchestrator/workflow/fields.py", False),
         ("examples/feature/workflows/feature.yaml", False),
     ],
 )
