@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -273,3 +274,38 @@ def test_a_reply_that_says_it_is_blocked_fails_the_stage() -> None:
         ("a", "the agent reported itself blocked: the API schema is missing")
     ]
     assert outcome.stages["b"].status == "succeeded"
+
+
+def test_a_stage_timeout_is_measured_on_the_engines_timer_which_a_test_can_move() -> None:
+    """Deadlines and durations use the engine's timer (the loop's clock by default): moved forward an hour, a
+    stage with a one-hour timeout fails at the watchdog's next look, long before any real hour passes."""
+    stages = [{"id": "slow", "agent": "build", "timeout": 3600}, {"id": "audit", "agent": "auditor", "needs": ["slow"]}]
+    plan = build_plan(parse_workflow(json.dumps({"name": "t", "stages": stages}), source="t.yaml"))
+    offset = [0.0]
+
+    def timer() -> float:
+        return asyncio.get_running_loop().time() + offset[0]
+
+    class Hangs(OfflineRunner):
+        async def run(self, request: StageRequest, report: AttemptReporter) -> StageResult:
+            offset[0] = 3601.0  # the hour passes, for the engine, as soon as the request is out
+            await asyncio.sleep(30)
+            raise AssertionError("the stage should have timed out")
+
+    recorder = Recorder()
+    started = time.monotonic()
+    outcome = asyncio.run(
+        execute(
+            plan,
+            build_request=build(plan),
+            runner_for=lambda sid: Hangs(),
+            listeners=[recorder],
+            options=EngineOptions(max_parallel=2),
+            price=PerInputToken(0),
+            timer=timer,
+        )
+    )
+    assert time.monotonic() - started < 5  # the watchdog looked within its period (a second), not an hour
+    assert outcome.stages["slow"].status == "failed"
+    assert outcome.stages["slow"].error == "timed out after 3600 s (retries included)"
+    assert outcome.stages["slow"].duration >= 3600  # measured on the same timer
