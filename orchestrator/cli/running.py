@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -36,8 +38,61 @@ if TYPE_CHECKING:
     from ..run.session import Session
 
 
-def run_options(func: Any) -> Any:
-    """The options ``run`` and ``plan`` share: what to run, with which inputs."""
+@dataclass(frozen=True)
+class RunArgs:
+    """The options ``run`` and ``plan`` share, as click parsed them: what to run, with which inputs."""
+
+    task: str
+    params: tuple[str, ...]
+    params_file: Path | None
+    force: bool
+    from_stages: tuple[str, ...]
+    only: tuple[str, ...]
+    budget: float | None
+    offline: bool
+    responses: Path | None
+
+    def request(
+        self,
+        *,
+        max_parallel: int | None = None,
+        approve_all: bool = False,
+        latency: float = 0.0,
+        record: Path | None = None,
+        replay: Path | None = None,
+    ) -> RunRequest:
+        """The typed request the library takes (paths made absolute, the environment for commands)."""
+        with _paused_gc():
+            from ..run.options import RunRequest
+
+        return RunRequest(
+            task=self.task,
+            param_args=self.params,
+            params_file=self.params_file.absolute() if self.params_file else None,
+            max_parallel=max_parallel,
+            offline=self.offline,
+            responses_file=self.responses.absolute() if self.responses else None,
+            latency=latency,
+            force=self.force,
+            from_stages=self.from_stages,
+            only=self.only,
+            approve_all=approve_all,
+            budget_usd=self.budget,
+            environ=dict(os.environ),
+            record=record.absolute() if record else None,
+            replay=replay.absolute() if replay else None,
+        )
+
+
+def run_options(func: Callable[..., int]) -> Callable[..., int]:
+    """Add the options ``run`` and ``plan`` share; the command gets them as one ``RunArgs`` (``args``)."""
+    names = [f.name for f in fields(RunArgs)]
+
+    @functools.wraps(func)
+    def command(**values: Any) -> int:
+        shared = RunArgs(**{name: values.pop(name) for name in names})
+        return func(args=shared, **values)
+
     options = [
         click.option(
             "--task",
@@ -66,49 +121,10 @@ def run_options(func: Any) -> Any:
         ),
         root_option,
     ]
+    decorated: Callable[..., int] = command
     for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _run_request(
-    task: str,
-    params: tuple[str, ...],
-    params_file: Path | None,
-    force: bool,
-    from_stages: tuple[str, ...],
-    only: tuple[str, ...],
-    budget: float | None,
-    offline: bool,
-    responses: Path | None,
-    *,
-    max_parallel: int | None = None,
-    approve_all: bool = False,
-    latency: float = 0.0,
-    record: Path | None = None,
-    replay: Path | None = None,
-) -> RunRequest:
-    """The typed request the library takes, from the options as click parsed them (paths made absolute)."""
-    with _paused_gc():
-        from ..run.options import RunRequest
-
-    return RunRequest(
-        task=task,
-        param_args=params,
-        params_file=params_file.absolute() if params_file else None,
-        max_parallel=max_parallel,
-        offline=offline,
-        responses_file=responses.absolute() if responses else None,
-        latency=latency,
-        force=force,
-        from_stages=from_stages,
-        only=only,
-        approve_all=approve_all,
-        budget_usd=budget,
-        environ=dict(os.environ),
-        record=record.absolute() if record else None,
-        replay=replay.absolute() if replay else None,
-    )
+        decorated = option(decorated)
+    return decorated
 
 
 @cli.command()
@@ -134,15 +150,7 @@ def run(
     workflow: Path,
     root: Path | None,
     as_json: bool,
-    task: str,
-    params: tuple[str, ...],
-    params_file: Path | None,
-    force: bool,
-    from_stages: tuple[str, ...],
-    only: tuple[str, ...],
-    budget: float | None,
-    offline: bool,
-    responses: Path | None,
+    args: RunArgs,
     max_parallel: int | None,
     approve_all: bool,
     latency: float,
@@ -169,24 +177,11 @@ def run(
         from ..state.report import summary_lines
 
     project = _project(workflow, root)
-    request = _run_request(
-        task,
-        params,
-        params_file,
-        force,
-        from_stages,
-        only,
-        budget,
-        offline,
-        responses,
-        max_parallel=max_parallel,
-        approve_all=approve_all,
-        latency=latency,
-        record=record,
-        replay=replay,
+    request = args.request(
+        max_parallel=max_parallel, approve_all=approve_all, latency=latency, record=record, replay=replay
     )
     prepared = prepare_run(workflow.absolute(), project, request)
-    if not task:
+    if not args.task:
         _err(f"note: task {prepared.task} (the workflow's name); name another with --task NAME")
     if prepared.needs_api and not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         raise UsageError(
@@ -234,15 +229,7 @@ def plan_(
     workflow: Path,
     root: Path | None,
     as_json: bool,
-    task: str,
-    params: tuple[str, ...],
-    params_file: Path | None,
-    force: bool,
-    from_stages: tuple[str, ...],
-    only: tuple[str, ...],
-    budget: float | None,
-    offline: bool,
-    responses: Path | None,
+    args: RunArgs,
     approve_all: bool,
 ) -> int:
     """Show what `run` would do and cost, calling no model: the waves, which stages run or are kept and
@@ -254,9 +241,7 @@ def plan_(
         from ..state.report import format_cost
 
     project = _project(workflow, root)
-    request = _run_request(
-        task, params, params_file, force, from_stages, only, budget, offline, responses, approve_all=approve_all
-    )
+    request = args.request(approve_all=approve_all)
     prepared = prepare_run(workflow.absolute(), project, request)
     counter = None
     if not prepared.offline and (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):

@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from ..compiler import compile_workflow
 from ..cost import Pricing, has_price
@@ -180,30 +180,21 @@ async def run_workflow_async(
     return await run_async(prepared, listeners=listeners, control=control)
 
 
-def run_prepared(
-    prepared: PreparedRun,
-    *,
-    listeners: Sequence[Listener] = (),
-    runner: Runner | None = None,
-    clock: Callable[[], float] = time.time,
-    run_id: str | None = None,
-    flush_interval: float = 0.25,
-    control: RunControl | None = None,
-    on_start: Callable[[Session], None] | None = None,
-) -> RunOutcome:
+class RunOptions(TypedDict, total=False):
+    """What ``run_async`` takes besides the prepared run (see there)."""
+
+    listeners: Sequence[Listener]
+    runner: Runner | None
+    clock: Callable[[], float]
+    run_id: str | None
+    flush_interval: float
+    control: RunControl | None
+    on_start: Callable[[Session], None] | None
+
+
+def run_prepared(prepared: PreparedRun, **options: Unpack[RunOptions]) -> RunOutcome:
     """Run the task to the end (or until interrupted or paused) and leave its state folder complete."""
-    return asyncio.run(
-        run_async(
-            prepared,
-            listeners=listeners,
-            runner=runner,
-            clock=clock,
-            run_id=run_id,
-            flush_interval=flush_interval,
-            control=control,
-            on_start=on_start,
-        )
-    )
+    return asyncio.run(run_async(prepared, **options))
 
 
 async def run_async(
@@ -217,6 +208,9 @@ async def run_async(
     control: RunControl | None = None,
     on_start: Callable[[Session], None] | None = None,
 ) -> RunOutcome:
+    """Run the task on the caller's loop: ``listeners`` see every event; ``runner`` replaces every agent stage's
+    runner (tests); ``clock`` stamps events; ``flush_interval`` spaces the state's snapshots; ``control`` stops
+    the run from outside; ``on_start`` is told how the run relates to the stored one before any stage starts."""
     plan = prepared.compiled.plan
     runner_for = RunnerChoice(prepared, runner)
     with TaskLock(prepared.folder, prepared.command, display=prepared.display):
