@@ -75,6 +75,13 @@ class Plan:
         agent = self.workflow.agent_spec(stage.agent).permissions if stage.agent else None
         return stage.permissions or agent or self.workflow.permissions
 
+    def network_for(self, stage_id: str) -> bool:
+        """Whether the stage's commands may reach the network: the stage's own setting, else its agent's."""
+        stage = self.stages[stage_id]
+        if stage.network is not None:
+            return stage.network
+        return bool(stage.agent and self.workflow.agent_spec(stage.agent).network)
+
     def max_turns_for(self, stage_id: str) -> int:
         agent = self.stages[stage_id].agent
         own = self.workflow.agent_spec(agent).max_turns if agent else None

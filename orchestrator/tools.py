@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import re2
+
 from .fileio import FILE_MODE
 from .workspace import BashPolicy, Refusal, Workspace, truncate
 
@@ -82,11 +84,12 @@ _SCHEMAS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "search": (
         "Find files and text in the workspace. pattern alone lists the files matching a glob ('**/*.py', "
         "'src/*.ts'; without '/' it matches file names at any depth). query searches file contents with a "
-        "Python regular expression and answers 'path:line: text', in all text files or those matching pattern. "
+        "regular expression (Python's syntax without backreferences or lookaround) and answers 'path:line: text', "
+        "in all text files or those matching pattern. "
         "Skips .git, node_modules, __pycache__ and binary files.",
         {
             "pattern": _string("Glob of file paths, relative to path."),
-            "query": _string("Python regular expression to look for in each line."),
+            "query": _string("Regular expression to look for in each line (no backreferences or lookaround)."),
             "path": _string("Folder (or file) to search in, relative to the workspace root; default the root."),
         },
         [],
@@ -266,6 +269,12 @@ def _edit(workspace: Workspace, arguments: dict[str, Any]) -> ToolReply:
     rel = workspace.relative(target)
     if any(part.lower() == ".git" for part in Path(rel).parts):
         raise Refusal(f"{rel} is inside .git; the repository's internals cannot be edited.")
+    for protected in workspace.protected:
+        if rel == protected or rel.startswith(protected + "/"):
+            raise Refusal(
+                f"{rel} is inside {protected}/, which orchestrate keeps (run records, compiled output, instructions "
+                "or workflows); no stage may change it."
+            )
     _regular_file(workspace, target)
     if command == "create":
         existed = target.exists()
@@ -408,9 +417,14 @@ def _search(workspace: Workspace, arguments: dict[str, Any]) -> ToolReply:
     if not base.exists():
         return ToolReply(f"no such file or folder: {workspace.relative(base)}", True)
     try:
-        regex = re.compile(query) if query is not None else None
-    except (re.error, OverflowError, RecursionError) as exc:
-        return ToolReply(f"query is not a valid Python regular expression: {exc}.", True)
+        regex = _regex(query) if query is not None else None
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        return ToolReply(
+            f"query is not a regular expression this search takes ({reason}): RE2 syntax, as Python's re "
+            "without backreferences or lookaround.",
+            True,
+        )
     try:
         matcher = _glob(pattern) if pattern else None
     except re.error as exc:
@@ -438,7 +452,15 @@ def _search(workspace: Workspace, arguments: dict[str, Any]) -> ToolReply:
     return ToolReply("\n".join(hits) + more)
 
 
-def _matching_lines(path: Path, regex: re.Pattern[str]) -> Iterator[tuple[int, str]]:
+def _regex(query: str) -> Any:
+    """The query compiled by RE2, whose time is linear in the text: no pattern a model writes can hold the run
+    (Python's ``re`` can take exponential time, holding the interpreter lock, where no timeout reaches)."""
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(query, options)
+
+
+def _matching_lines(path: Path, regex: Any) -> Iterator[tuple[int, str]]:
     try:
         if path.stat().st_size > MAX_SEARCHED_BYTES:
             return

@@ -22,7 +22,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 __all__ = [
     "SECRET_MARKERS",
@@ -229,7 +232,13 @@ async def end_group(process: asyncio.subprocess.Process, grace: float | None = N
 
 
 async def run_process(
-    command: Sequence[str] | str, *, cwd: Path, env: Mapping[str, str], timeout: float, limit: int = 30_000
+    command: Sequence[str] | str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    limit: int = 30_000,
+    sandbox: Sandbox | None = None,
 ) -> ProcessResult:
     """Run ``command`` (a str through ``/bin/sh -c``, a sequence as argv) in its own process group.
 
@@ -244,11 +253,14 @@ async def run_process(
     # Every process the command starts inherits this mark, even one that leaves its group (setsid): the
     # mark finds it once the command has ended.
     mark = uuid.uuid4().hex
+    marked = {**env, STRAY_MARK: mark}
+    if sandbox is not None:  # bwrap sets up the namespaces, then runs the command with exactly ``marked``
+        argv = sandbox.wrap(argv, cwd, marked)
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
-            env={**env, STRAY_MARK: mark},
+            env=marked,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -416,6 +428,8 @@ class Workspace:
         environ: Mapping[str, str] | None = None,
         extra_env: Mapping[str, str] | None = None,
         max_output: int = 30_000,
+        sandbox: Sandbox | None = None,
+        protected: tuple[str, ...] = (),
     ) -> None:
         if not root.is_absolute():
             raise ValueError(f"workspace root must be an absolute path, got {root}")
@@ -429,6 +443,8 @@ class Workspace:
             raise ValueError(f"a bash permission is not a valid command prefix ({exc}): {self.bash.allow}") from None
         self.max_output = max_output
         self.env = scrub_env(environ or {}, extra_env)
+        self.sandbox = sandbox  # where the bash tool's commands run (None: unconfined, ``sandbox: none``)
+        self.protected = protected  # folders (from the root) the file tools never write: the run's own records
 
     def resolve(self, path: str) -> Path:
         """The real location of a model-given path, refused unless it lies inside the root."""
@@ -489,4 +505,11 @@ class Workspace:
     async def run_command(self, command: str) -> ProcessResult:
         """Check ``command`` against the policy, then run it in the root with the scrubbed environment."""
         checked = self.check_command(command)
-        return await run_process(checked, cwd=self.root, env=self.env, timeout=self.bash.timeout, limit=self.max_output)
+        return await run_process(
+            checked,
+            cwd=self.root,
+            env=self.env,
+            timeout=self.bash.timeout,
+            limit=self.max_output,
+            sandbox=self.sandbox,
+        )

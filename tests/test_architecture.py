@@ -23,6 +23,7 @@ HOMES = {
     "referencing": {"contracts.py"},
     "watchfiles": {"watcher.py"},
     "genai_prices": {"cost.py"},
+    "re2": {"tools.py"},
 }
 
 

@@ -191,6 +191,11 @@ def run(
         )
     for notice in prepared.compiled.plan.notices:
         _err(f"note: {notice}")
+    if prepared.runs_commands and not prepared.confinement.enabled:
+        _err(
+            "warning: sandbox: none: this workflow's commands run unconfined, with your permissions, and can "
+            "write anywhere you can; remove `sandbox: none` to run them under bubblewrap"
+        )
     out = sys.stdout
     if as_json:
         view: Listener = JsonView(out)

@@ -17,7 +17,9 @@ from typing import Any
 
 from ..compiler import Compiled
 from ..params import param_text
+from ..project import INSTRUCTIONS_DIR, OUTPUT_DIR
 from ..runners.registry import kind_of
+from ..sandbox import Confinement
 from ..state.repository import FileRepository
 
 __all__ = ["PreparedRun", "RunRequest"]
@@ -91,6 +93,31 @@ class PreparedRun:
         if self.offline:
             parts.append("--offline")
         return shlex.join(parts)
+
+    @property
+    def runs_commands(self) -> bool:
+        """Whether some stage runs commands: a ``run:`` stage, or an agent with the bash tool and commands allowed
+        (an offline run calls no tools, but still runs ``run:`` stages)."""
+        plan = self.compiled.plan
+        for sid in plan.order:
+            stage = plan.stages[sid]
+            if stage.kind == "command":
+                return True
+            tools_run = not self.offline and stage.kind == "agent" and kind_of(plan.runner_for(sid)).tools
+            if tools_run and "bash" in plan.tools_for(sid) and plan.permissions_for(sid).bash:
+                return True
+        return False
+
+    @property
+    def confinement(self) -> Confinement:
+        """How the run's commands are confined, and what no stage may write: the state folders, compiled output,
+        instruction templates, the workflows and ``.git``."""
+        root = self.root
+        protected = [self.folder.parent, root / OUTPUT_DIR, root / INSTRUCTIONS_DIR, root / ".git"]
+        if self.workflow_path.parent != root:
+            protected.append(self.workflow_path.parent)
+        enabled = self.compiled.plan.workflow.sandbox != "none"
+        return Confinement(enabled, tuple(p for p in protected if p.is_relative_to(root)))
 
     @property
     def forced(self) -> dict[str, str]:

@@ -31,6 +31,7 @@ from ..project import Project, find_project
 from ..runners import Runner
 from ..runners.offline import OfflineRunner, check_responses
 from ..runners.registry import RunnerSetup, kind_of
+from ..sandbox import require
 from ..state.lock import TaskLock
 from ..state.report import render_markdown
 from ..state.store import StateStore
@@ -115,7 +116,7 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
             if preflight is not None:
                 preflight(request.environ)
     folder = project.state_root / task
-    return PreparedRun(
+    prepared = PreparedRun(
         compiled=compiled,
         workflow_path=workflow_path,
         task=task,
@@ -136,6 +137,9 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         record=request.record,
         replay=request.replay,
     )
+    if not request.driven and prepared.runs_commands and prepared.confinement.enabled:
+        require(compiled.source)  # before anything is written or spent
+    return prepared
 
 
 def _check_priced(pricing: Mapping[str, Any], models: Sequence[str]) -> None:
@@ -314,6 +318,7 @@ class RunnerChoice:
             replay=prepared.replay,
             cache_warmup=prepared.compiled.plan.workflow.defaults.cache_warmup,
             agents=lambda: _cli_agents(prepared),
+            confinement=prepared.confinement,
         )
         return kind_of(kind).make(setup)
 

@@ -231,6 +231,7 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
         params=prepared.params,
         command=prepared.command,
         offline=prepared.offline,
+        sandbox="bubblewrap" if prepared.confinement.enabled else "none",
         max_parallel=prepared.max_parallel,
         started=timestamp(started),
         budget_usd=prepared.budget_usd,

@@ -95,6 +95,9 @@ class StageRequest:
     bash_timeout: float = 120.0
     # A run: stage's command (then there is no model, system or prompt).
     command: ShellCommand | None = None
+    # Where its commands may write (the stage's write scope, as patterns) and whether they may reach the network.
+    writes: tuple[str, ...] = ("**",)
+    network: bool = False
 
     def settings(self) -> dict[str, Any]:
         """What the request does besides its text, for its fingerprint (empty for a plain text request)."""
@@ -114,6 +117,8 @@ class StageRequest:
                 out["bash"] = [list(self.bash), self.shell, self.bash_timeout]
         if self.command is not None:
             out["command"] = [self.command.command, [list(pair) for pair in self.command.env], self.command.cwd]
+        if self.network and (self.command is not None or "bash" in self.tools):
+            out["network"] = True
         return out
 
 

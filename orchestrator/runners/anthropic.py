@@ -26,10 +26,11 @@ import asyncio
 import dataclasses
 import importlib
 import json
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ from typing import Any
 import anthropic
 
 from ..api_request import prefix_key, request_body
+from ..fileio import replace_file
 from ..models import facts_for
+from ..sandbox import Confinement
 from ..tools import call_tool, tool_definitions
 from ..workspace import BashPolicy, Workspace
 from . import AttemptRecord, AttemptReporter, Meter, StageFailure, StageRequest, StageResult, Usage
@@ -95,6 +98,7 @@ class WorkspaceSetup:
     environ: Mapping[str, str]
     transcripts: Path | None = None
     max_output: int = 30_000
+    confinement: Confinement = field(default_factory=Confinement)  # how the bash tool's commands are confined
 
 
 class AnthropicRunner:
@@ -194,8 +198,17 @@ class AnthropicRunner:
         if self.workspace is None:
             raise StageFailure("this stage has tools, but the runner was given no workspace to run them in")
         policy = BashPolicy(allow=request.bash, shell=request.shell, timeout=request.bash_timeout)
+        setup = self.workspace
+        sandbox = setup.confinement.for_stage(setup.root.resolve(), request.writes, request.network)
+        root = setup.root.resolve()
+        protected = tuple(p.relative_to(root).as_posix() for p in setup.confinement.protected if p.is_relative_to(root))
         return Workspace(
-            self.workspace.root, bash=policy, environ=self.workspace.environ, max_output=self.workspace.max_output
+            setup.root,
+            bash=policy,
+            environ=setup.environ,
+            max_output=setup.max_output,
+            sandbox=sandbox,
+            protected=protected,
         )
 
     def _record(self, stage: str, body: dict[str, Any], message: Any) -> None:
@@ -417,7 +430,8 @@ class _Transcript:
     def start(self, request: StageRequest) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         first = {"turn": 0, "role": "user", "content": request.prompt, "tools": list(request.tools)}
-        self.path.write_text(json.dumps(first, ensure_ascii=False) + "\n", encoding="utf-8")
+        # Replaced, never written through: a link a command planted here is replaced, not followed.
+        replace_file(self.path, (json.dumps(first, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def write(self, turn: int, role: str, content: Any, stop_reason: str | None = None, usage: Any = None) -> None:
         line: dict[str, Any] = {"turn": turn, "role": role, "content": content, "time": round(time.time(), 3)}
@@ -425,5 +439,12 @@ class _Transcript:
             line["stop_reason"] = stop_reason
         if usage is not None:
             line["usage"] = dataclasses.asdict(_usage(usage))
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        data = (json.dumps(line, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        try:  # no-follow: a link put in its place since start is refused, not written through
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StageFailure(f"can't write the transcript {self.path.name}: {exc.strerror or exc}") from exc
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)

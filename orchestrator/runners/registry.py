@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..sandbox import Confinement
 from . import Runner
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class RunnerSetup:
     replay: Path | None = None  # --replay DIR
     cache_warmup: bool = True
     agents: Callable[[], dict[str, CliAgent]] = field(default=dict)  # compiled agent files, for the agent CLIs
+    confinement: Confinement = field(default_factory=Confinement)  # how commands are sandboxed
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def _anthropic(setup: RunnerSetup) -> Runner:
     from .warmup import CacheWarmer
 
     return AnthropicRunner(
-        workspace=WorkspaceSetup(setup.root, setup.environ, setup.transcripts),
+        workspace=WorkspaceSetup(setup.root, setup.environ, setup.transcripts, confinement=setup.confinement),
         recorder=Recorder(setup.record) if setup.record is not None else None,
         replayer=Replayer(setup.replay) if setup.replay is not None else None,
         warmer=CacheWarmer(setup.cache_warmup),
@@ -85,7 +87,7 @@ def _opencode(setup: RunnerSetup) -> Runner:
 def _shell(setup: RunnerSetup) -> Runner:
     from .shell import ShellRunner
 
-    return ShellRunner(setup.root, setup.environ)
+    return ShellRunner(setup.root, setup.environ, confinement=setup.confinement)
 
 
 def _find(kind: str) -> Callable[[Mapping[str, str]], None]:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..sandbox import Confinement
 from ..workspace import ProcessResult, Refusal, Workspace, run_process, scrub_env
 from . import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult
 
@@ -62,10 +63,13 @@ def describe_run(command: str, cwd: str, result: ProcessResult) -> str:
 class ShellRunner:
     """Runs ``request.command`` in ``root``; ``environ`` is the caller's environment (scrubbed before use)."""
 
-    def __init__(self, root: Path, environ: Mapping[str, str], limit: int = 200_000) -> None:
+    def __init__(
+        self, root: Path, environ: Mapping[str, str], limit: int = 200_000, confinement: Confinement | None = None
+    ) -> None:
         self.root = root.resolve()
         self.environ = dict(environ)
         self.limit = limit
+        self.confinement = confinement or Confinement()
 
     def _cwd(self, relative: str) -> Path:
         try:
@@ -85,7 +89,10 @@ class ShellRunner:
         env = scrub_env(self.environ, dict(command.env))
         started, clock = time.time(), time.monotonic()
         try:
-            result = await run_process(command.command, cwd=cwd, env=env, timeout=_NO_LIMIT, limit=self.limit)
+            sandbox = self.confinement.for_stage(self.root, request.writes, request.network)
+            result = await run_process(
+                command.command, cwd=cwd, env=env, timeout=_NO_LIMIT, limit=self.limit, sandbox=sandbox
+            )
         except BaseException:
             report(AttemptRecord(1, started, round(time.monotonic() - clock, 3), error="cancelled"))
             raise

@@ -151,6 +151,7 @@ class RunState(BaseModel):
     command: str = ""
     driver: Literal["run", "state"] = "run"  # "state": driven stage by stage with ``orchestrate state``
     offline: bool = False
+    sandbox: str = "bubblewrap"  # how its commands were confined: bubblewrap, or none (the workflow opted out)
     max_parallel: int = 1
     status: RunStatus = "running"
     note: str = ""  # why the run stopped early, in words

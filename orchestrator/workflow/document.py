@@ -123,6 +123,11 @@ class _WorkflowBase(_Model):
         description="Audit policy: how many rounds of rework a failed audit may ask for, e.g. {max_rounds: 2}. "
         "Default: one round, no rework.",
     )
+    sandbox: Literal["bubblewrap", "none"] = Field(
+        "bubblewrap",
+        description="How commands (run: stages, the bash tool) are confined: bubblewrap (Linux; the bwrap command "
+        "of the bubblewrap package) or none, which runs them unconfined and warns on every run. Default: bubblewrap.",
+    )
     permissions: Permissions = Field(
         default_factory=Permissions,
         description="What bash tools may run, for every agent and stage that doesn't set its own, e.g. "

@@ -339,6 +339,10 @@ class AgentSpec(_Model):
         le=1000,
         description="Model turns a stage of this agent may take (1 to 1000). Default: defaults.max_turns.",
     )
+    network: bool | None = Field(
+        None,
+        description="Let the commands of this agent's stages (the bash tool) reach the network. Default: false.",
+    )
     runner: RunnerName | None = Field(
         None,
         description="What runs the agent's stages: anthropic (the API), claude-code or opencode (their command "

@@ -129,6 +129,11 @@ class _StagePolicy(_Model):
         description="Name instances by this field of each item (<id>[<value>]) instead of by position, e.g. name. "
         "Default: by position.",
     )
+    network: bool | None = Field(
+        None,
+        description="Let the stage's commands (a run: command, the bash tool) reach the network; they run without "
+        "it otherwise. Default: its agent's network, else false.",
+    )
     batch: bool = Field(
         False,
         description="Send the stage's request through the Message Batches API: half the price, but results can "
