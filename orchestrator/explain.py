@@ -115,6 +115,8 @@ def explain_stage(state: RunState, stage_id: str, events: list[Event], folder: s
     if stage.approval is not None and stage.approval.status == "approved":
         who = f" by {stage.approval.by}" if stage.approval.by else ""
         lines.append(f"  Approved{who}" + (f": {stage.approval.note}" if stage.approval.note else ""))
+    if stage.unconfined:
+        lines.append(f"  Not sandboxed: {stage.unconfined}")
     if stage.attempts:
         failed = sum(1 for a in stage.attempts if a.error)
         spent = f"{format_tokens(stage)}, {format_cost(stage.cost_usd)}"

@@ -134,7 +134,29 @@ def test_sandbox_none_runs_unconfined_with_a_warning_recorded_in_the_state(
     result, state = run(cli, project, monkeypatch)
     assert "warning: sandbox: none" in result.err
     assert state["sandbox"] == "none"
+    assert state["stages"]["act"]["unconfined"] == "the workflow says sandbox: none"
+    assert "Not sandboxed: the workflow says sandbox: none" in cli("explain", "t", "act", cwd=project.root).out
     assert (project.root / "README.md").read_text() == "changed\n"  # the kernel did not stop it
+
+
+def test_an_agent_cli_stage_says_plainly_that_its_tools_are_not_sandboxed(project: TempProject, cli: CliRunner) -> None:
+    project.workflow(
+        """
+name: s
+agents:
+  build: {runner: claude-code}
+stages:
+  - {id: make, agent: build}
+  - {id: check, run: "true", needs: [make]}
+  - {id: audit, agent: auditor, needs: [check]}
+""",
+        name="s",
+    )
+    assert cli("state", "begin", "workflows/s.yaml", "--task", "t", cwd=project.root).code == 0
+    stages = json.loads((project.root / "docs/ai/t/state.json").read_text())["stages"]
+    assert stages["make"]["unconfined"] == "claude-code runs its own tools, with its own permissions"
+    assert stages["check"]["unconfined"] is None and stages["audit"]["unconfined"] is None
+    assert "Not sandboxed: claude-code runs its own tools" in cli("explain", "t", "make", cwd=project.root).out
 
 
 def test_without_bwrap_a_run_with_commands_stops_before_anything_runs(

@@ -85,7 +85,9 @@ def begin_run(
                     del state.stages[sid]
                     continue
                 old = state.stages[sid]
-                state.stages[sid] = StageState(id=sid, agent=old.agent, model=old.model, needs=old.needs, gate=old.gate)
+                state.stages[sid] = StageState(
+                    id=sid, agent=old.agent, model=old.model, needs=old.needs, gate=old.gate, unconfined=old.unconfined
+                )
         state.driver = "state"
         state.command = f"orchestrate state next {prepared.task}"
         drive = Driver(prepared, state, clock, snapshot=True)

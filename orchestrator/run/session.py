@@ -19,6 +19,7 @@ from ..errors import StateError
 from ..fingerprint import digest
 from ..manifest import Manifests
 from ..project import INSTRUCTIONS_DIR, OUTPUT_DIR
+from ..runners.registry import kind_of
 from ..state.approvals import Approvals
 from ..state.memo import Memo, Record
 from ..state.model import RunState, StageState, timestamp
@@ -200,6 +201,7 @@ def initial_state(prepared: PreparedRun, run_id: str, started: float, session: S
             model=plan.model_for(sid),
             needs=list(spec.needs),
             gate=spec.kind == "approval",
+            unconfined=unconfined(prepared, sid),
         )
         old = previous.stages.get(sid) if previous is not None and same else None
         if old is not None:
@@ -255,3 +257,16 @@ def inside(root: Path, *folders: Path | None) -> tuple[str, ...]:
     return tuple(
         f.relative_to(root).as_posix() for f in folders if f is not None and f.is_relative_to(root) and f != root
     )
+
+
+def unconfined(prepared: PreparedRun, sid: str) -> str | None:
+    """Why the commands stage ``sid`` runs are not under orchestrate's sandbox (None: they are, or it runs none)."""
+    plan = prepared.compiled.plan
+    runner = plan.runner_for(sid)
+    if not runner:
+        return None
+    if not kind_of(runner).sandboxed:
+        return f"{runner} runs its own tools, with its own permissions"
+    if not prepared.confinement.enabled and (plan.stages[sid].kind == "command" or "bash" in plan.tools_for(sid)):
+        return "the workflow says sandbox: none"
+    return None

@@ -56,6 +56,8 @@ class RunnerKind:
     acts: bool
     batches: bool
     make: Callable[[RunnerSetup], Runner]
+    # The commands it runs go through orchestrate's sandbox (an agent CLI runs its own tools, with its own rules).
+    sandboxed: bool = True
     preflight: Callable[[Mapping[str, str]], None] | None = None
 
 
@@ -104,9 +106,25 @@ KINDS: dict[str, RunnerKind] = {
     for kind in (
         RunnerKind("anthropic", calls_api=True, tools=True, acts=False, batches=True, make=_anthropic),
         RunnerKind(
-            "claude-code", False, False, acts=True, batches=False, make=_claude_code, preflight=_find("claude-code")
+            "claude-code",
+            False,
+            False,
+            acts=True,
+            batches=False,
+            make=_claude_code,
+            preflight=_find("claude-code"),
+            sandboxed=False,
         ),
-        RunnerKind("opencode", False, False, acts=True, batches=False, make=_opencode, preflight=_find("opencode")),
+        RunnerKind(
+            "opencode",
+            False,
+            False,
+            acts=True,
+            batches=False,
+            make=_opencode,
+            preflight=_find("opencode"),
+            sandboxed=False,
+        ),
         RunnerKind("shell", calls_api=False, tools=False, acts=True, batches=False, make=_shell),
     )
 }

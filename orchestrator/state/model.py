@@ -111,6 +111,7 @@ class StageState(BaseModel):
     model: str
     needs: list[str] = Field(default_factory=list)
     gate: bool = False  # a pure approval stage: no agent runs it
+    unconfined: str | None = None  # why the commands it runs are not under orchestrate's sandbox, if they are not
     status: StageStatus = "pending"
     reason: str | None = None  # why it ran, or why its earlier output was kept
     reused: bool = False
