@@ -252,3 +252,23 @@ def test_hostile_tool_calls_are_refused_or_harmless(
     assert "Network is unreachable" in transcript or "unreachable" in transcript.lower()
     state = json.loads((folder / "state.json").read_text())
     assert state["stages"]["work"]["status"] in ("succeeded", "failed"), result.err
+
+
+def test_a_transcript_is_never_written_through_a_link_planted_in_its_place(tmp_path: Path) -> None:
+    from orchestrator.runners import StageFailure, StageRequest
+    from orchestrator.runners.anthropic import _Transcript
+
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n")
+    path = tmp_path / "stages" / "later.transcript.jsonl"
+    path.parent.mkdir()
+    path.symlink_to(target)
+    transcript = _Transcript(path)
+    request = StageRequest("later", "build", "m", "s", "go", 100, "t", tools=("read",))
+    transcript.start(request)  # replaces the link with a file of its own
+    assert target.read_text() == "precious\n" and not path.is_symlink()
+    path.unlink()
+    path.symlink_to(target)  # planted again while the stage runs
+    with pytest.raises(StageFailure, match="can't write the transcript"):
+        transcript.write(1, "assistant", [])
+    assert target.read_text() == "precious\n"
