@@ -101,30 +101,17 @@ def _find(kind: str) -> Callable[[Mapping[str, str]], None]:
     return check
 
 
+def _agent_cli(name: str, make: Callable[[RunnerSetup], Runner]) -> RunnerKind:
+    """An agent's own command line: it acts on the workspace with its own tools and permissions."""
+    return RunnerKind(name, False, False, acts=True, batches=False, make=make, preflight=_find(name), sandboxed=False)
+
+
 KINDS: dict[str, RunnerKind] = {
     kind.name: kind
     for kind in (
         RunnerKind("anthropic", calls_api=True, tools=True, acts=False, batches=True, make=_anthropic),
-        RunnerKind(
-            "claude-code",
-            False,
-            False,
-            acts=True,
-            batches=False,
-            make=_claude_code,
-            preflight=_find("claude-code"),
-            sandboxed=False,
-        ),
-        RunnerKind(
-            "opencode",
-            False,
-            False,
-            acts=True,
-            batches=False,
-            make=_opencode,
-            preflight=_find("opencode"),
-            sandboxed=False,
-        ),
+        _agent_cli("claude-code", _claude_code),
+        _agent_cli("opencode", _opencode),
         RunnerKind("shell", calls_api=False, tools=False, acts=True, batches=False, make=_shell),
     )
 }
