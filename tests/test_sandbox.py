@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.runners import StageFailure, StageRequest
+from orchestrator.runners.anthropic import _Transcript
 from orchestrator.sandbox import Sandbox, available, writable_paths
 
-from .conftest import CliRunner, TempProject
+from .conftest import CliRunner, TempProject, started_until
 from .test_acting import at
 
 pytestmark = pytest.mark.skipif(
@@ -255,9 +260,6 @@ def test_hostile_tool_calls_are_refused_or_harmless(
 
 
 def test_a_transcript_is_never_written_through_a_link_planted_in_its_place(tmp_path: Path) -> None:
-    from orchestrator.runners import StageFailure, StageRequest
-    from orchestrator.runners.anthropic import _Transcript
-
     target = tmp_path / "victim.txt"
     target.write_text("precious\n")
     path = tmp_path / "stages" / "later.transcript.jsonl"
@@ -272,3 +274,21 @@ def test_a_transcript_is_never_written_through_a_link_planted_in_its_place(tmp_p
     with pytest.raises(StageFailure, match="can't write the transcript"):
         transcript.write(1, "assistant", [])
     assert target.read_text() == "precious\n"
+
+
+def test_sigterm_ends_a_run_whose_sandboxed_command_hangs_and_leaves_nothing_running(project: TempProject) -> None:
+    marker = "sleep 4242"
+    command_stage(project, f"{marker}; true")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC")}
+    command = [sys.executable, "-m", "orchestrator", "run", "workflows/s.yaml", "--task", "t", "--offline"]
+    process = started_until(command, project.root, env, "stage_started")
+    time.sleep(0.5)  # the command is up inside its namespaces
+    stopped = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=10)
+    assert time.monotonic() - stopped < 3
+    assert process.returncode == 130
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "the sandboxed command outlived the run"
+    state = json.loads((project.root / "docs/ai/t/state.json").read_text())
+    assert state["status"] == "interrupted" and state["stages"]["act"]["status"] == "interrupted"
