@@ -23,6 +23,9 @@ WORKFLOWS_DIR = "workflows"
 @dataclass(frozen=True)
 class Project:
     root: Path
+    # Where the key that signs decisions on gates is kept (outside the project; see ``state.keys``). The CLI
+    # sets it from the user's environment; None: decisions are neither signed nor checked.
+    keys: Path | None = None
 
     @property
     def instructions_dir(self) -> Path:

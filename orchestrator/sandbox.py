@@ -100,6 +100,7 @@ class Sandbox:
     protected: tuple[Path, ...] = ()  # read-only whatever ``writable`` says
     network: bool = False
     home: Path | None = field(default_factory=lambda: Path.home())
+    hidden: tuple[Path, ...] = ()  # folders covered by an empty one
 
     def wrap(self, argv: Sequence[str], cwd: Path, env: dict[str, str]) -> list[str]:
         """``argv`` as bwrap runs it in ``cwd`` with exactly ``env``."""
@@ -116,6 +117,9 @@ class Sandbox:
                     out += ["--tmpfs", str(secret)]
                 elif secret.exists():
                     out += ["--ro-bind", "/dev/null", str(secret)]
+        for path in self.hidden:
+            if path.is_dir():
+                out += ["--tmpfs", str(path)]
         for path in self.writable:
             if path.exists():
                 out += ["--bind", str(path), str(path)]
@@ -156,9 +160,10 @@ class Confinement:
 
     enabled: bool = True
     protected: tuple[Path, ...] = ()
+    hidden: tuple[Path, ...] = ()  # outside the workspace and not for commands to read: the key that signs decisions
 
     def for_stage(self, root: Path, writes: Sequence[str], network: bool) -> Sandbox | None:
         """The sandbox of one stage's commands (None when the run's commands are not confined)."""
         if not self.enabled:
             return None
-        return Sandbox(root, writable_paths(root, writes), self.protected, network)
+        return Sandbox(root, writable_paths(root, writes), self.protected, network, hidden=self.hidden)

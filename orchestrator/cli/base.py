@@ -7,6 +7,7 @@ traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -109,9 +110,11 @@ task_root_option = click.option(
 def _project(workflow: Path, root: Path | None) -> Project:
     with _paused_gc():
         from ..project import find_project
+        from ..state.keys import key_folder
 
     global _root_shown
     project = find_project(workflow.absolute(), root.absolute() if root else None)
+    project = dataclasses.replace(project, keys=key_folder(os.environ))
     shown = _shown(project.root)
     _root_shown = None if shown == "." else shown
     return project
@@ -121,8 +124,9 @@ def _task_project(root: Path | None) -> Project:
     """The project of the task commands: ``--root``, else the working directory."""
     with _paused_gc():
         from ..project import Project
+        from ..state.keys import key_folder
 
-    return Project((root or Path.cwd()).absolute())
+    return Project((root or Path.cwd()).absolute(), keys=key_folder(os.environ))
 
 
 def _compile(workflow: Path, root: Path | None, target: str = "all") -> Compiled:

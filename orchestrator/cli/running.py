@@ -384,6 +384,7 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
 
         from ..params import check_task
         from ..state.approvals import record_decision
+        from ..state.keys import approval_key
         from ..state.repository import recover_state
 
     project = _task_project(root)
@@ -394,7 +395,9 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
         by = getpass.getuser()
     except (KeyError, OSError):
         by = ""
-    record = record_decision(folder, state, stage, approved=approved, note=note, by=by, now=time.time(), display=shown)
+    key = approval_key(project.keys)
+    now = time.time()
+    record = record_decision(folder, state, stage, approved=approved, note=note, by=by, now=now, display=shown, key=key)
     what = "approved" if record.approved else "rejected"
     click.echo(f"{stage}: {what}" + (f" ({note})" if note else "") + f"; recorded in {_shown(record.path)}")
     if state.status == "running":

@@ -25,6 +25,7 @@ from ..events import Event, RunFinished, RunStarted, StageFailed, StageStarted, 
 from ..fingerprint import digest
 from ..runners import Usage
 from ..state.approvals import Approvals
+from ..state.keys import approval_key
 from ..state.model import RunState
 from ..state.report import render_markdown
 from ..state.store import StateStore
@@ -68,7 +69,7 @@ class Driver:
         # The state as read needs no rewrite; what changes is written when the command is done.
         self.store = StateStore(prepared.folder, state, render_markdown, snapshot=snapshot)
         self.build = request_builder(prepared, rejected_notes(state), workspace_manifests(prepared))
-        self.approvals = Approvals(prepared.folder, state)
+        self.approvals = Approvals(prepared.folder, state, approval_key(prepared.keys))
         self.agents = {a.agent: a.name for a in prepared.compiled.rendered if not a.coordinator}
         self.scheduler = Resumed(
             self.plan,

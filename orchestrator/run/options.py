@@ -70,6 +70,7 @@ class PreparedRun:
     environ: Mapping[str, str] = field(default_factory=dict)
     record: Path | None = None
     replay: Path | None = None
+    keys: Path | None = None  # where the key that signs decisions on gates is kept (``state.keys``)
 
     @property
     def repository(self) -> FileRepository:
@@ -117,7 +118,8 @@ class PreparedRun:
         if self.workflow_path.parent != root:
             protected.append(self.workflow_path.parent)
         enabled = self.compiled.plan.workflow.sandbox != "none"
-        return Confinement(enabled, tuple(p for p in protected if p.is_relative_to(root)))
+        hidden = (self.keys,) if self.keys is not None else ()
+        return Confinement(enabled, tuple(p for p in protected if p.is_relative_to(root)), hidden)
 
     @property
     def forced(self) -> dict[str, str]:

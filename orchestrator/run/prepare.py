@@ -136,6 +136,7 @@ def prepare_run(workflow_path: Path, project: Project, request: RunRequest) -> P
         environ=dict(request.environ),
         record=request.record,
         replay=request.replay,
+        keys=project.keys,
     )
     if not request.driven and prepared.runs_commands and prepared.confinement.enabled:
         require(compiled.source)  # before anything is written or spent

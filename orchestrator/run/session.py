@@ -21,6 +21,7 @@ from ..manifest import Manifests
 from ..project import INSTRUCTIONS_DIR, OUTPUT_DIR
 from ..runners.registry import kind_of
 from ..state.approvals import Approvals
+from ..state.keys import approval_key
 from ..state.memo import Memo, Record
 from ..state.model import RunState, StageState, timestamp
 from ..state.repository import recover_state
@@ -171,7 +172,7 @@ def start_session(
         previous=previous,
         memo=Memo(prepared.repository, records, prepared.forced, workspace.get),
         workspace=workspace,
-        approvals=Approvals(prepared.folder, previous if same_workflow else None),
+        approvals=Approvals(prepared.folder, previous if same_workflow else None, approval_key(prepared.keys)),
         feedback=feedback,
         spent_usd=(previous.cost_usd or 0.0) if resume and previous is not None else 0.0,
         round=previous.round if resume and previous is not None else 1,

@@ -11,6 +11,7 @@ up decisions made after the run paused.
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..errors import StateError, UsageError
 from ..fileio import atomic_write
 from ..params import check_stage
 from ..run.outcomes import Decision
+from .keys import sign
 from .model import RunState, timestamp
 from .repository import APPROVALS_DIR, FileRepository
 
@@ -38,7 +40,16 @@ class DecisionRecord:
 
 
 def record_decision(
-    folder: Path, state: RunState, stage: str, *, approved: bool, note: str, by: str, now: float, display: str
+    folder: Path,
+    state: RunState,
+    stage: str,
+    *,
+    approved: bool,
+    note: str,
+    by: str,
+    now: float,
+    display: str,
+    key: bytes | None = None,
 ) -> DecisionRecord:
     """Write a person's decision on a stage that waits for approval; refuse any other stage."""
     check_stage(stage, state.stages, f"task {state.task!r} has no stage {stage!r}")
@@ -68,6 +79,8 @@ def record_decision(
         "fingerprint": record.fingerprint,
         "output_sha256": record.output_sha256,
     }
+    if key is not None:
+        payload["signature"] = sign(key, payload)
     try:
         atomic_write(record.path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     except OSError as exc:
@@ -79,8 +92,9 @@ class Approvals:
     """The engine's view of decisions: files written by ``approve``/``reject``, and those a stored
     run already applied (so a resumed run does not ask twice about the same output)."""
 
-    def __init__(self, folder: Path, previous: RunState | None = None) -> None:
+    def __init__(self, folder: Path, previous: RunState | None = None, key: bytes | None = None) -> None:
         self.folder = folder
+        self.key = key  # given: a decision counts only with its signature (see ``keys``)
         self.applied: dict[str, Decision] = {}
         self._applied_keys: dict[str, tuple[str, str]] = {}
         if previous is not None:
@@ -101,6 +115,7 @@ class Approvals:
             and data.get("fingerprint") == fingerprint
             and data.get("output_sha256", "") == output_sha256
             and data.get("decision") in ("approved", "rejected")
+            and (self.key is None or hmac.compare_digest(str(data.get("signature", "")), sign(self.key, data)))
         ):
             return Decision(data["decision"] == "approved", str(data.get("note") or ""), str(data.get("by") or ""))
         if self._applied_keys.get(stage) == (fingerprint, output_sha256):
