@@ -336,8 +336,9 @@ def _k(tokens: int) -> str:
 @cli.command()
 @click.argument("task")
 @click.argument("stage")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation, the stage's state and its events.")
 @task_root_option
-def explain(task: str, stage: str, root: Path | None) -> int:
+def explain(task: str, stage: str, root: Path | None, as_json: bool) -> int:
     """Say why a stage ran, was kept, skipped, failed, is blocked or waits, from the task's state and log."""
     with _paused_gc():
         from ..explain import explain_stage
@@ -350,7 +351,20 @@ def explain(task: str, stage: str, root: Path | None) -> int:
     state = observed_state(folder, display=shown)
     check_stage(stage, state.stages, f"task {task!r} has no stage {stage!r}")
     events = [event for _, event in read_events(folder)]
-    for line in explain_stage(state, stage, events, shown):
+    lines = explain_stage(state, stage, events, shown)
+    if as_json:
+        from ..events import to_json
+
+        mine = [to_json(e) for e in events if getattr(e, "stage", None) == stage]
+        body = {
+            "task": task,
+            "stage": stage,
+            "explanation": lines,
+            "state": state.stages[stage].model_dump(mode="json"),
+        }
+        click.echo(json.dumps({**body, "events": mine}, indent=2, default=str))
+        return EXIT_OK
+    for line in lines:
         click.echo(line)
     return EXIT_OK
 
@@ -377,7 +391,7 @@ def _signals_stop(control: RunControl) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool) -> int:
+def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool, as_json: bool) -> int:
     with _paused_gc():
         import getpass
         import time
@@ -399,6 +413,10 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
     now = time.time()
     record = record_decision(folder, state, stage, approved=approved, note=note, by=by, now=now, display=shown, key=key)
     what = "approved" if record.approved else "rejected"
+    if as_json:
+        decision = {"task": task, "stage": stage, "decision": what, "note": note, "by": record.by}
+        click.echo(json.dumps({**decision, "file": _shown(record.path), "run_status": state.status}, indent=2))
+        return EXIT_OK
     click.echo(f"{stage}: {what}" + (f" ({note})" if note else "") + f"; recorded in {_shown(record.path)}")
     if state.status == "running":
         click.echo("The run in progress picks this up within a second.")
@@ -411,20 +429,22 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool)
 @click.argument("task")
 @click.argument("stage")
 @click.option("--note", default="", help="A note for the stages downstream (they see it in their prompts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded decision as JSON.")
 @task_root_option
-def approve(task: str, stage: str, note: str, root: Path | None) -> int:
+def approve(task: str, stage: str, note: str, root: Path | None, as_json: bool) -> int:
     """Approve a stage that waits for approval; the run continues past it."""
-    return _decide(task, stage, note, root, approved=True)
+    return _decide(task, stage, note, root, approved=True, as_json=as_json)
 
 
 @cli.command()
 @click.argument("task")
 @click.argument("stage")
 @click.option("--note", default="", help="Why: shown in the state, and to the stage when it runs again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded decision as JSON.")
 @task_root_option
-def reject(task: str, stage: str, note: str, root: Path | None) -> int:
+def reject(task: str, stage: str, note: str, root: Path | None, as_json: bool) -> int:
     """Reject a stage that waits for approval: that branch fails (the rest of the run goes on)."""
-    return _decide(task, stage, note, root, approved=False)
+    return _decide(task, stage, note, root, approved=False, as_json=as_json)
 
 
 @cli.command()

@@ -184,8 +184,9 @@ def start(task: str, stage: str, as_json: bool, root: Path | None) -> int:
 @click.argument("task")
 @click.argument("stage")
 @click.option("--output", "output_file", metavar="FILE", help=_OUTPUT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print where the run stands afterwards as JSON.")
 @task_root_option
-def done(task: str, stage: str, output_file: str | None, root: Path | None) -> int:
+def done(task: str, stage: str, output_file: str | None, root: Path | None, as_json: bool) -> int:
     """Record STAGE as succeeded with its output; the audit's output must hold its verdict."""
     with _paused_gc():
         from ..errors import UsageError
@@ -203,7 +204,7 @@ def done(task: str, stage: str, output_file: str | None, root: Path | None) -> i
     stage_state = step.state.stages[stage]
     what = "waits for approval" if stage_state.status == "waiting_approval" else "succeeded"
     _err(f"{stage}: {what}; output in {_shown(step.folder)}/stages/{stage}.md")
-    _show(step, False)
+    _show(step, as_json)
     return EXIT_OK
 
 
@@ -211,15 +212,16 @@ def done(task: str, stage: str, output_file: str | None, root: Path | None) -> i
 @click.argument("task")
 @click.argument("stage")
 @click.option("--reason", required=True, help="Why it failed: shown in the state and to whoever reads it.")
+@click.option("--json", "as_json", is_flag=True, help="Print where the run stands afterwards as JSON.")
 @task_root_option
-def fail(task: str, stage: str, reason: str, root: Path | None) -> int:
+def fail(task: str, stage: str, reason: str, root: Path | None, as_json: bool) -> int:
     """Record STAGE as failed; the stages that need it are skipped (start it again to retry)."""
     with _paused_gc():
         from ..run.manual import fail_stage
 
     step = fail_stage(_task_project(root), task, stage, reason)
     _err(f"{stage}: failed ({' '.join(reason.split())})")
-    _show(step, False)
+    _show(step, as_json)
     return EXIT_OK
 
 
@@ -227,12 +229,18 @@ def fail(task: str, stage: str, reason: str, root: Path | None) -> int:
 @click.argument("task")
 @click.argument("stage")
 @click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="Print the note as JSON.")
 @task_root_option
-def note(task: str, stage: str, text: str, root: Path | None) -> int:
+def note(task: str, stage: str, text: str, root: Path | None, as_json: bool) -> int:
     """Leave a note on STAGE in workflow-state.md."""
     with _paused_gc():
         from ..run.manual import note_stage
 
     step = note_stage(_task_project(root), task, stage, text, by=_by())
+    if as_json:
+        noted = step.state.stages[stage].notes[-1]
+        record = {"task": task, "stage": stage, "note": noted.text, "by": noted.by, "time": noted.time}
+        click.echo(json.dumps({**record, "state_file": f"{_shown(step.folder)}/workflow-state.md"}, indent=2))
+        return EXIT_OK
     click.echo(f"{stage}: noted in {_shown(step.folder)}/workflow-state.md")
     return EXIT_OK

@@ -1,0 +1,1 @@
+"""``python -m orchestrate``: the command by its own name. The library is ``orchestrator``."""
