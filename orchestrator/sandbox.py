@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .scopes import literal_head
 
 __all__ = ["HIDDEN_IN_HOME", "PACKAGE", "Confinement", "Sandbox", "available", "require", "writable_paths"]
 
@@ -141,13 +142,9 @@ def writable_paths(root: Path, scope: Sequence[str]) -> tuple[Path, ...]:
     ``src``, ``docs/*.md`` -> ``docs``, ``**`` -> the workspace). Finer patterns are checked after the stage."""
     out: list[Path] = []
     for pattern in scope:
-        literal: list[str] = []
-        for part in pattern.split("/"):
-            if any(ch in part for ch in "*?[{"):  # a glob, or a template a stage renders
-                break
-            literal.append(part)
-        path = root.joinpath(*literal) if literal else root
-        if literal and len(literal) == len(pattern.split("/")) and not path.is_dir():
+        head, whole = literal_head(pattern)
+        path = root.joinpath(*head)
+        if head and whole and not path.is_dir():
             path = path.parent  # one file: its folder, so the file can be made or replaced
         out.append(path)
     return tuple(dict.fromkeys(p for p in out if os.path.commonpath([root, p]) == str(root)))

@@ -53,6 +53,18 @@ def _is_wild(segment: str) -> bool:
     return not _WILD.isdisjoint(segment)
 
 
+def literal_head(pattern: str) -> tuple[tuple[str, ...], bool]:
+    """The leading segments of ``pattern`` that name one folder or file (up to the first wildcard, or the first
+    template a stage renders), and whether that is the whole pattern."""
+    segments = _segments(pattern)
+    head: list[str] = []
+    for segment in segments:
+        if _is_wild(segment) or "{" in segment:
+            break
+        head.append(segment)
+    return tuple(head), len(head) == len(segments)
+
+
 def _pattern(pattern: str) -> tuple[str, ...]:
     """A pattern as segments; a literal one also covers everything under it, so it gains a trailing ``**``."""
     segments = _segments(pattern)

@@ -343,14 +343,15 @@ def explain(task: str, stage: str, root: Path | None, as_json: bool) -> int:
     with _paused_gc():
         from ..explain import explain_stage
         from ..params import check_stage, check_task
-        from ..state.repository import observed_state, read_events
+        from ..state.repository import FileRepository
 
     project = _task_project(root)
     folder = project.state_root / check_task(task)
     shown = _shown(folder)
-    state = observed_state(folder, display=shown)
+    repository = FileRepository(folder, shown)
+    state = repository.observe()
     check_stage(stage, state.stages, f"task {task!r} has no stage {stage!r}")
-    events = [event for _, event in read_events(folder)]
+    events = [event for _, event in repository.events()]
     lines = explain_stage(state, stage, events, shown)
     if as_json:
         from ..events import to_json

@@ -100,9 +100,6 @@ class Driver:
         """Whether stages that need ``sid`` may go on."""
         return self.scheduler.released(sid)
 
-    def progress(self) -> Progress:
-        return self.scheduler.progress
-
     def _read_progress(self) -> Progress:
         """What the request builder reads, from the state folder: outputs, decisions, findings, instances."""
         outcomes: dict[str, StageOutcome] = {}

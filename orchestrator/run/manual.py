@@ -29,7 +29,7 @@ from ..params import check_stage, check_task
 from ..project import Project
 from ..state.lock import TaskLock
 from ..state.model import StageState
-from ..state.repository import FileRepository, recover_state
+from ..state.repository import FileRepository
 from .driven import Driver, Step, busy, epoch
 from .options import PreparedRun, RunRequest
 from .outcomes import StageOutcome
@@ -255,7 +255,7 @@ def _driving(project: Project, task: str, clock: Callable[[], float]) -> Iterato
             hint=f"begin one with: orchestrate state begin <workflow> --task {task} --param NAME=VALUE",
         )
     with TaskLock(folder, f"orchestrate state ({task})", display=display, wait=LOCK_WAIT):
-        state = recover_state(folder, display=display)
+        state = FileRepository(folder, display).recover()
         workflow = project.root / state.workflow_file
         prepared = prepare_run(
             workflow, project, RunRequest(task=task, params=state.params, offline=state.offline, driven=True)

@@ -97,17 +97,18 @@ class PreparedRun:
 
     @property
     def runs_commands(self) -> bool:
-        """Whether some stage runs commands: a ``run:`` stage, or an agent with the bash tool and commands allowed
-        (an offline run calls no tools, but still runs ``run:`` stages)."""
+        """Whether some stage runs commands (see ``stage_runs_commands``)."""
+        return any(self.stage_runs_commands(sid) for sid in self.compiled.plan.order)
+
+    def stage_runs_commands(self, sid: str) -> bool:
+        """Whether stage ``sid`` runs commands: a ``run:`` stage, or an agent with the bash tool and commands
+        allowed (an offline run calls no tools, but still runs ``run:`` stages)."""
         plan = self.compiled.plan
-        for sid in plan.order:
-            stage = plan.stages[sid]
-            if stage.kind == "command":
-                return True
-            tools_run = not self.offline and stage.kind == "agent" and kind_of(plan.runner_for(sid)).tools
-            if tools_run and "bash" in plan.tools_for(sid) and plan.permissions_for(sid).bash:
-                return True
-        return False
+        stage = plan.stages[sid]
+        if stage.kind == "command":
+            return True
+        tools_run = not self.offline and stage.kind == "agent" and kind_of(plan.runner_for(sid)).tools
+        return tools_run and "bash" in plan.tools_for(sid) and bool(plan.permissions_for(sid).bash)
 
     @property
     def confinement(self) -> Confinement:

@@ -323,7 +323,7 @@ def request_builder(
             bash=permissions.bash if "bash" in tools else (),
             shell=permissions.shell if "bash" in tools else False,
             bash_timeout=permissions.bash_timeout if "bash" in tools else 120.0,
-            writes=sandbox_scope(plan.writes_for(spec_id)) if "bash" in tools else ("**",),
+            writes=plan.writes_for(spec_id) if "bash" in tools else ("**",),
             network=plan.network_for(spec_id) if "bash" in tools else False,
         )
         extra = request.settings()
@@ -360,7 +360,7 @@ def request_builder(
             max_tokens=0,
             task=prepared.task,
             command=command,
-            writes=sandbox_scope(plan.writes_for(spec_id)),
+            writes=plan.writes_for(spec_id),
             network=plan.network_for(spec_id),
         )
         inputs = {
@@ -371,11 +371,3 @@ def request_builder(
         return seeing(request, inputs, request_fingerprint(request) + "shell")
 
     return build
-
-
-def sandbox_scope(writes: tuple[str, ...]) -> tuple[str, ...]:
-    """A write scope as the sandbox takes it: templated patterns (``{{ item }}``) widen to the workspace (the
-    rendered scope is checked after the stage), and no scope at all is the whole workspace."""
-    if not writes or any("{{" in pattern for pattern in writes):
-        return ("**",)
-    return writes

@@ -24,7 +24,6 @@ from ..state.approvals import Approvals
 from ..state.keys import approval_key
 from ..state.memo import Memo, Record
 from ..state.model import RunState, StageState, timestamp
-from ..state.repository import recover_state
 from .options import PreparedRun
 
 __all__ = [
@@ -49,7 +48,7 @@ def load_previous(prepared: PreparedRun) -> RunState | None:
     if not prepared.repository.exists():
         return None
     try:
-        return recover_state(prepared.folder, display=prepared.display)
+        return prepared.repository.recover()
     except StateError as exc:
         if prepared.force:
             return None
@@ -268,6 +267,6 @@ def unconfined(prepared: PreparedRun, sid: str) -> str | None:
         return None
     if not kind_of(runner).sandboxed:
         return f"{runner} runs its own tools, with its own permissions"
-    if not prepared.confinement.enabled and (plan.stages[sid].kind == "command" or "bash" in plan.tools_for(sid)):
+    if not prepared.confinement.enabled and prepared.stage_runs_commands(sid):
         return "the workflow says sandbox: none"
     return None

@@ -236,9 +236,6 @@ class FileRepository:
     def exists(self) -> bool:
         return self.state_file.exists()
 
-    def load(self) -> RunState:
-        return load_state(self.folder, display=self.display)
-
     def recover(self) -> RunState:
         return recover_state(self.folder, display=self.display)
 
