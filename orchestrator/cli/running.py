@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from .base import (
     task_root_option,
     workflow_argument,
 )
+from .temporal import notify_decided, run_on_temporal, settings_of, temporal_options
 
 if TYPE_CHECKING:
     from ..events import Listener
@@ -146,6 +148,12 @@ def run_options(func: Callable[..., int]) -> Callable[..., int]:
     help="Rerun with the replies saved by --record DIR: no network, no API key, the same results.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead of the live view.")
+@temporal_options(required=False)
+@click.option(
+    "--no-home",
+    is_flag=True,
+    help="With --temporal: don't host this checkout's home worker (an `orchestrate worker --workspace` does).",
+)
 def run(
     workflow: Path,
     root: Path | None,
@@ -156,6 +164,13 @@ def run(
     latency: float,
     record: Path | None,
     replay: Path | None,
+    temporal: str | None,
+    namespace: str,
+    queue: str,
+    tls: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    no_home: bool,
 ) -> int:
     """Run a workflow's stages against Claude, in parallel where the DAG allows.
 
@@ -165,6 +180,10 @@ def run(
     whose inputs did not change and continues a run that stopped (failed,
     interrupted, killed, paused for approval or at its budget); it says why
     each other stage runs.
+    \b
+    With --temporal HOST:PORT the run is a Temporal workflow: it outlives
+    this command (Ctrl-C only stops following it), and stages that only call
+    the model run on any `orchestrate worker`. See docs/temporal.md.
     \b
     Exit codes: 0 the audit passed, 1 a stage failed or the audit said fail,
     3 paused at an approval gate, 4 stopped at the budget, 130 interrupted.
@@ -180,6 +199,11 @@ def run(
     request = args.request(
         max_parallel=max_parallel, approve_all=approve_all, latency=latency, record=record, replay=replay
     )
+    if temporal is not None and (record is not None or replay is not None):
+        raise UsageError("--record and --replay work in a local run only", hint="drop --temporal, or them")
+    if temporal is None and no_home:
+        raise UsageError("--no-home goes with --temporal")
+    settings = settings_of(temporal, namespace, tls, tls_cert, tls_key) if temporal is not None else None
     prepared = prepare_run(workflow.absolute(), project, request)
     if not args.task:
         _err(f"note: task {prepared.task} (the workflow's name); name another with --task NAME")
@@ -210,10 +234,18 @@ def run(
         for change in session.changes:
             _err(f"note: since the last run: {change}")
 
-    control = RunControl()
-    with _signals_stop(control):
-        outcome = run_prepared(prepared, listeners=[view], control=control, on_start=started)
-    if not as_json:
+    if settings is not None:
+        command = shlex.join(["orchestrate", *sys.argv[1:]])
+        result = run_on_temporal(prepared, request, settings, queue=queue, host=not no_home, view=view, command=command)
+        if result is None:
+            return EXIT_INTERRUPTED
+        status = str(result["status"])
+    else:
+        control = RunControl()
+        with _signals_stop(control):
+            outcome = run_prepared(prepared, listeners=[view], control=control, on_start=started)
+        status = outcome.status
+    if not as_json and prepared.repository.exists():
         from ..state.repository import recover_state
 
         try:
@@ -222,7 +254,7 @@ def run(
                 click.echo(line)
         except BrokenPipeError:  # `run | head`: the run's exit code still tells how it ended
             reader_gone()
-    return RUN_EXIT[outcome.status]
+    return RUN_EXIT[status]
 
 
 @cli.command("plan")
@@ -419,7 +451,10 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool,
         click.echo(json.dumps({**decision, "file": _shown(record.path), "run_status": state.status}, indent=2))
         return EXIT_OK
     click.echo(f"{stage}: {what}" + (f" ({note})" if note else "") + f"; recorded in {_shown(record.path)}")
-    if state.status == "running":
+    told = notify_decided(folder) if state.status in ("running", "waiting_approval") else None
+    if told is not None:
+        click.echo(told)
+    elif state.status == "running":
         click.echo("The run in progress picks this up within a second.")
     else:
         click.echo(f"Continue the run with: {state.command}" if state.command else "Continue with orchestrate run.")

@@ -36,7 +36,7 @@ from ..graph import Plan
 from ..runners import AttemptRecord, BudgetExhausted, Meter, StageFailure, StageRequest, Usage
 from ..runners.batches import BATCH_TIMEOUT
 from .executor import Executor
-from .outcomes import EngineOptions, Gates, Guard, Memory, Pricer, Progress, StageInput, StageOutcome
+from .outcomes import EngineOptions, Guard, Home, Pricer, Progress, StageInput, StageOutcome
 from .scheduler import Scheduler
 from .spend import Purse
 
@@ -71,29 +71,25 @@ class RunContext:
         self,
         plan: Plan,
         scheduler: Scheduler,
-        build_request: RequestBuilder,
+        home: Home,
         executor: Executor,
         listeners: Sequence[Listener],
         options: EngineOptions,
         price: Pricer,
         clock: Callable[[], float],
         timer: Callable[[], float] | None,
-        memory: Memory,
-        gates: Gates,
         guard: Guard,
         batches: Mapping[str, tuple[str, str, str]],
     ) -> None:
         self.plan = plan
         self.scheduler = scheduler
-        self.build_request = build_request
+        self.home = home
         self.executor = executor
         self.listeners = listeners
         self.options = options
         self.price = price
         self.clock = clock
         self.timer = timer
-        self.memory = memory
-        self.gates = gates
         self.guard = guard
         self.batches = dict(batches)
         self.progress = scheduler.progress
@@ -134,10 +130,10 @@ class RunContext:
             return stage.timeout
         return max(self.options.stage_timeout or 0, BATCH_TIMEOUT) if stage.batch else self.options.stage_timeout
 
-    def gate(self, sid: str, outcome: StageOutcome, stage_input: StageInput) -> StageOutcome:
+    async def gate(self, sid: str, outcome: StageOutcome, stage_input: StageInput) -> StageOutcome:
         """A gated stage's outcome, decided now (a decision on record, ``--approve-all``) or waiting."""
         output_sha = output_digest(outcome, stage_input)
-        decision = self.gates.decision(sid, stage_input.fingerprint, output_sha)
+        decision = await self.home.decision(sid, stage_input.fingerprint, output_sha)
         output_file = f"stages/{sid}.md" if stage_input.request is not None else None
         outcome = self.scheduler.gate(
             sid, outcome, stage_input.fingerprint, output_sha, decision, self.clock(), output_file
@@ -170,12 +166,12 @@ class StageJob:
     async def _execute(self) -> StageOutcome:
         run, sid, stage = self.run_, self.sid, self.stage
         try:
-            stage_input = run.build_request(sid, run.progress)
+            stage_input = await run.home.stage_input(sid, run.progress)
         except OrchestrateError as exc:
             return self._fail(exc.message)
         except Exception as exc:  # a bug building one request must fail its stage, not the run
             return self._fail(f"could not build the request: {type(exc).__name__}: {exc}")
-        recalled = run.memory.recall(sid, stage_input.fingerprint, stage_input.inputs, run.ran)
+        recalled = await run.home.recall(sid, stage_input.fingerprint, stage_input.inputs, run.ran)
         if not isinstance(recalled, Recalled) and sid in run.ran:  # again in this run: an audit round's rework
             findings = len(run.progress.feedback.get(sid, ()))
             recalled = (
@@ -205,7 +201,7 @@ class StageJob:
                     recalled.data,
                 )
             )
-            return run.gate(sid, outcome, stage_input) if stage.gated else outcome
+            return await run.gate(sid, outcome, stage_input) if stage.gated else outcome
         if run.options.only is not None and sid not in run.options.only:
             asked = ", ".join(sorted(run.options.only))
             reason = f"not run: only {asked} was asked for, and this stage can't be kept ({recalled})"
@@ -213,7 +209,7 @@ class StageJob:
             return StageOutcome("skipped", error=reason)
         if stage_input.request is None:  # a pure gate: nothing to run
             run.ran.add(sid)
-            return run.gate(sid, StageOutcome("succeeded", fingerprint=stage_input.fingerprint), stage_input)
+            return await run.gate(sid, StageOutcome("succeeded", fingerprint=stage_input.fingerprint), stage_input)
         held = self._over_budget(stage_input)
         if held:
             run.hold(held)
@@ -222,7 +218,7 @@ class StageJob:
         outcome = await self._tries(stage_input, recalled)
         if outcome.status == "succeeded" and stage.gated:
             # A person approves the output as recorded: its fingerprint over the workspace the stage left.
-            return run.gate(sid, outcome, replace(stage_input, fingerprint=outcome.fingerprint))
+            return await run.gate(sid, outcome, replace(stage_input, fingerprint=outcome.fingerprint))
         return outcome
 
     # -- budgets -------------------------------------------------------------------------------------
@@ -320,7 +316,7 @@ class StageJob:
             run.emit(StageRetrying(run.clock(), sid, number, error))
             if sid in run.progress.contract:  # the next try is told what was wrong with this one
                 try:
-                    stage_input = run.build_request(sid, run.progress)
+                    stage_input = await run.home.stage_input(sid, run.progress)
                 except OrchestrateError as exc:
                     error = exc.message
                     break
@@ -331,8 +327,7 @@ class StageJob:
 
     async def _succeeded(self, stage_input: StageInput, output: str, data: dict[str, Any] | None) -> StageOutcome:
         run = self.run_
-        if stage_input.settle is not None:  # recorded as it left the workspace (see StageInput.settle)
-            stage_input = await asyncio.to_thread(stage_input.settle)
+        stage_input = await run.home.settled(self.sid, stage_input)  # as it left the workspace (StageInput.settle)
         output = _normal(output)
         duration = run.now() - self.started
         outcome = StageOutcome(
@@ -402,6 +397,13 @@ def stage_meter(
     def batched(batch_id: str, custom_id: str) -> None:
         run.emit(BatchSubmitted(run.clock(), sid, batch_id, custom_id, fingerprint))
 
+    async def hold() -> float:
+        allowance = await purse.hold_rest()
+        held[0] = 0.0 if allowance == float("inf") else allowance
+        if stage_budget is not None:
+            allowance = min(allowance, stage_budget - (spent.cost_usd or 0.0))
+        return allowance
+
     def release() -> None:
         purse.settle(held[0], 0.0)
         held[0] = 0.0
@@ -412,6 +414,7 @@ def stage_meter(
         reserve if purse.limited or stage_budget is not None else None,
         batched,
         (pending[1], pending[2]) if pending is not None and pending[0] == fingerprint else None,
+        hold if purse.limited or stage_budget is not None else None,
     )
     return meter, release
 

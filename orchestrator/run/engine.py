@@ -34,6 +34,8 @@ from .outcomes import (
     EngineOptions,
     Gates,
     Guard,
+    Home,
+    LocalHome,
     Memory,
     NoGates,
     NoGuard,
@@ -51,6 +53,7 @@ __all__ = [
     "Decision",
     "EngineOptions",
     "Gates",
+    "Home",
     "Memory",
     "Progress",
     "RunControl",
@@ -63,6 +66,13 @@ __all__ = [
 
 class Run(RunContext):
     """One run's loop (see the module docstring)."""
+
+    nudged: asyncio.Event | None = None
+
+    def nudge(self) -> None:
+        """Look for decisions on waiting gates now (one was just made), not at the next poll."""
+        if self.nudged is not None:
+            self.nudged.set()
 
     def fail(self, reason: str) -> None:
         """Start no more stages (their work could not be kept); the run ends failed with ``reason``."""
@@ -97,6 +107,7 @@ class Run(RunContext):
         scheduler = self.scheduler
         running = self.tasks
         status: RunStatus = "failed"
+        self.nudged = asyncio.Event()
         shortest = self._shortest_timeout()
         watchdog = asyncio.create_task(self._watchdog(shortest)) if shortest else None
         try:
@@ -113,7 +124,7 @@ class Run(RunContext):
                     del running[sid]
                     scheduler.settle(sid, outcome, self.clock())
                     self.flush()
-                self._poll_gates()
+                await self._poll_gates()
             final = scheduler.status()
             status = "failed" if final == "running" else final
         except asyncio.CancelledError:
@@ -155,27 +166,48 @@ class Run(RunContext):
     async def _next_batch(self) -> list[tuple[str, StageOutcome]]:
         """The stages that finished, in plan order; waits for at least one (polling gates meanwhile)."""
         while True:
-            timeout = self.options.poll_interval if self.waiting_gates else None
-            try:
-                first = await asyncio.wait_for(self.finished.get(), timeout)
-            except TimeoutError:
-                if self._poll_gates() and len(self.tasks) < self.options.max_parallel:
-                    return []  # a decision may have released stages: let the loop start them
-                continue
+            if self.waiting_gates:
+                first = await self._finished_or_nudged()
+                if first is None:
+                    if await self._poll_gates() and len(self.tasks) < self.options.max_parallel:
+                        return []  # a decision may have released stages: let the loop start them
+                    continue
+            else:
+                first = await self.finished.get()
             batch = [first]
             while not self.finished.empty():
                 batch.append(self.finished.get_nowait())
             index = self.scheduler.index
             return sorted(batch, key=lambda item: index[item[0]])
 
+    async def _finished_or_nudged(self) -> tuple[str, StageOutcome] | None:
+        """The next finished stage, or None once the poll interval passed or a decision was announced."""
+        nudged = self.nudged
+        assert nudged is not None
+        if nudged.is_set():
+            nudged.clear()
+            return None
+        getter = asyncio.ensure_future(self.finished.get())
+        waker = asyncio.ensure_future(nudged.wait())
+        try:
+            await asyncio.wait((getter, waker), timeout=self.options.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            if not getter.done():
+                getter.cancel()
+        nudged.clear()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
     # -- gates ---------------------------------------------------------------------------------------
 
-    def _poll_gates(self) -> bool:
+    async def _poll_gates(self) -> bool:
         """Apply decisions people made while the run went on; whether any was."""
         decided = False
         for sid, stage_input in list(self.waiting_gates.items()):
             outcome = self.scheduler.outcomes[sid]
-            decision = self.gates.decision(sid, stage_input.fingerprint, output_digest(outcome, stage_input))
+            decision = await self.home.decision(sid, stage_input.fingerprint, output_digest(outcome, stage_input))
             if decision is None:
                 continue
             del self.waiting_gates[sid]
@@ -200,7 +232,7 @@ class Run(RunContext):
 
     async def _watchdog(self, shortest: float) -> None:
         """Cancel stages past their deadline. One task for all stages: cheaper than a timer per stage."""
-        period = min(1.0, shortest / 10)
+        period = min(self.options.tick, shortest / 10)
         while True:
             await asyncio.sleep(period)
             now = self.now()
@@ -228,19 +260,34 @@ class RunControl:
     def stop(self) -> None:
         """Ask the run to stop: no new stages, in-flight ones cancelled and recorded."""
         self.requested = True
-        if self._run is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._run.stop)
+        self._call(lambda run: run.stop())
 
     def fail(self, reason: str) -> None:
         """End the run failed with ``reason``: no new stages (the ones in flight finish)."""
-        if self._run is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._run.fail, reason)
+        self._call(lambda run: run.fail(reason))
+
+    def nudge(self) -> None:
+        """A decision on a gate was just recorded: let a waiting run look for it now."""
+        self._call(lambda run: run.nudge())
+
+    def _call(self, action: Callable[[Run], None]) -> None:
+        run, loop = self._run, self._loop
+        if run is None or loop is None:
+            return
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            here = False
+        if here:  # on the run's own loop (a signal handler of a Temporal workflow): at once
+            action(run)
+        else:
+            loop.call_soon_threadsafe(action, run)
 
 
 async def execute(
     plan: Plan,
     *,
-    build_request: RequestBuilder,
+    build_request: RequestBuilder | None = None,
     runner_for: Callable[[str], Runner] | None = None,
     executor: Executor | None = None,
     listeners: Sequence[Listener],
@@ -256,6 +303,7 @@ async def execute(
     condition: Condition | None = None,
     expand: Expander | None = None,
     batches: Mapping[str, tuple[str, str, str]] | None = None,
+    home: Home | None = None,
 ) -> RunOutcome:
     """Run the stages of ``plan``; return when each has succeeded, failed, been skipped or is waiting.
 
@@ -267,7 +315,13 @@ async def execute(
     collected instead of sent again; ``memory`` keeps unchanged outputs; ``gates`` hold people's decisions;
     ``feedback`` are findings a resumed run's stages were sent back with; ``guard`` holds write scopes and
     output contracts; ``condition`` decides a stage's ``if`` and ``expand`` gives a ``foreach`` its items.
+    ``home`` replaces ``build_request``, ``memory`` and ``gates`` when they are answered elsewhere (a Temporal
+    worker that holds the checkout).
     """
+    if home is None:
+        if build_request is None:
+            raise TypeError("execute() needs build_request or home")
+        home = LocalHome(build_request, memory or NoMemory(), gates or NoGates())
     if executor is None:
         if runner_for is None:
             raise TypeError("execute() needs an executor or runner_for")
@@ -287,15 +341,13 @@ async def execute(
     run = Run(
         plan,
         scheduler,
-        build_request,
+        home,
         executor,
         listeners,
         options,
         price,
         clock,
         timer,
-        memory or NoMemory(),
-        gates or NoGates(),
         checked,
         batches or {},
     )

@@ -3,11 +3,15 @@
 Options and the per-stage input (request, input digests, fingerprint) go in;
 stage and run outcomes come out. ``Memory`` (may a stage keep its earlier
 output?) and ``Gates`` (has a person decided on this output?) are the seams the
-run wires to the state folder; the engine knows nothing else about it.
+run wires to the state folder; the engine knows nothing else about it. The
+engine asks them through ``Home``, the one async seam to where the run's
+workspace and state folder are: ``LocalHome`` answers in this process, and a
+run on Temporal answers from the worker that holds the checkout.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -21,7 +25,9 @@ __all__ = [
     "EngineOptions",
     "Gates",
     "Guard",
+    "Home",
     "Instance",
+    "LocalHome",
     "Memory",
     "NoGates",
     "NoGuard",
@@ -53,6 +59,7 @@ class EngineOptions:
     only: frozenset[str] | None = None  # run just these; keep the others' outputs or leave them be
     resumed: bool = False
     poll_interval: float = 1.0  # how often waiting gates look for a decision while other stages run
+    tick: float = 1.0  # the longest the timeout watchdog sleeps between looks (a tenth of the shortest timeout)
 
 
 @dataclass
@@ -211,3 +218,47 @@ class NoGates:
 
     def decision(self, stage: str, fingerprint: str, output_sha256: str) -> Decision | None:
         return None
+
+
+class Home(Protocol):
+    """Where a stage's input, its earlier output and people's decisions come from: the run's home, which holds
+    its workspace and state folder. Async, so that a home in another process can answer."""
+
+    async def stage_input(self, sid: str, progress: Progress) -> StageInput:
+        """What ``sid`` sends now (raises ``OrchestrateError`` when its request can't be made)."""
+        ...
+
+    async def recall(self, sid: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
+        """Its earlier output, if it may be kept; else why it runs."""
+        ...
+
+    async def settled(self, sid: str, stage_input: StageInput) -> StageInput:
+        """Its input as recorded once it has acted (see ``StageInput.settle``)."""
+        ...
+
+    async def decision(self, sid: str, fingerprint: str, output_sha256: str) -> Decision | None:
+        """A person's decision on this exact output of ``sid``, if one was made."""
+        ...
+
+
+class LocalHome:
+    """A home in this process: the request builder, the memo and the gates, called directly."""
+
+    def __init__(self, build: Callable[[str, Progress], StageInput], memory: Memory, gates: Gates) -> None:
+        self.build = build
+        self.memory = memory
+        self.gates = gates
+
+    async def stage_input(self, sid: str, progress: Progress) -> StageInput:
+        return self.build(sid, progress)
+
+    async def recall(self, sid: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
+        return self.memory.recall(sid, fingerprint, inputs, ran)
+
+    async def settled(self, sid: str, stage_input: StageInput) -> StageInput:
+        if stage_input.settle is None:
+            return stage_input
+        return await asyncio.to_thread(stage_input.settle)  # the workspace is walked off the loop's thread
+
+    async def decision(self, sid: str, fingerprint: str, output_sha256: str) -> Decision | None:
+        return self.gates.decision(sid, fingerprint, output_sha256)

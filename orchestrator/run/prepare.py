@@ -19,33 +19,26 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 from ..compiler import compile_workflow
-from ..cost import Pricing, has_price
+from ..cost import has_price
 from ..errors import UsageError
 from ..events import Listener
 from ..loader import load_mapping
 from ..params import check_stage, check_task, parse_param_args, resolve_params
 from ..project import Project, find_project
 from ..runners import Runner
-from ..runners.offline import OfflineRunner, check_responses
-from ..runners.registry import RunnerSetup, kind_of
+from ..runners.offline import check_responses
+from ..runners.registry import kind_of
 from ..sandbox import require
-from ..state.lock import TaskLock
-from ..state.report import render_markdown
-from ..state.store import StateStore
-from .engine import EngineOptions, RunControl, RunOutcome, execute
-from .guard import WorkspaceGuard
+from .engine import RunControl, RunOutcome, execute
+from .executor import LocalExecutor
+from .opened import OpenedRun
 from .options import PreparedRun, RunRequest
-from .request import decide_condition, foreach_items, request_builder
-from .session import Session, initial_state, inside, load_previous, start_session
-
-if TYPE_CHECKING:
-    from ..runners.agent_cli import CliAgent
+from .session import Session
 
 __all__ = [
-    "RunnerChoice",
     "prepare_run",
     "prepare_workflow",
     "run_async",
@@ -216,70 +209,40 @@ async def run_async(
     """Run the task on the caller's loop: ``listeners`` see every event; ``runner`` replaces every agent stage's
     runner (tests); ``clock`` stamps events; ``flush_interval`` spaces the state's snapshots; ``control`` stops
     the run from outside; ``on_start`` is told how the run relates to the stored one before any stage starts."""
-    plan = prepared.compiled.plan
-    runner_for = RunnerChoice(prepared, runner)
-    with TaskLock(prepared.folder, prepared.command, display=prepared.display):
-        previous = load_previous(prepared)
-        session = start_session(prepared, previous, run_id)
-        _check_only(prepared, session)
-        runner_for.prepare()  # import and build the runners now, so a stage's duration is its own work
+    control = control or RunControl()
+    opened = OpenedRun.open(
+        prepared,
+        clock=clock,
+        run_id=run_id,
+        flush_interval=flush_interval,
+        loop=asyncio.get_running_loop(),
+        on_error=lambda exc: control.fail(f"its state can't be written: {exc}"),
+        runner=runner,
+        check=check_only,
+    )
+    try:
         if on_start is not None:
-            on_start(session)
-        control = control or RunControl()
-        store = StateStore(
-            prepared.folder,
-            initial_state(prepared, session.run_id, clock(), session),
-            render_markdown,
-            flush_interval=flush_interval,
-            loop=asyncio.get_running_loop(),
-            on_error=lambda exc: control.fail(f"its state can't be written: {exc}"),
+            on_start(opened.session)
+        return await execute(
+            prepared.compiled.plan,
+            executor=LocalExecutor(opened.runners),
+            home=opened.home,
+            listeners=[opened.store, *listeners],
+            options=opened.options,
+            price=opened.price,
+            clock=clock,
+            feedback=opened.session.feedback,
+            control=control,
+            guard=opened.guard,
+            condition=opened.condition,
+            expand=opened.expand,
+            batches=opened.session.batches,
         )
-        pricing = plan.workflow.pricing
-        guard = WorkspaceGuard(
-            plan,
-            prepared.root,
-            prepared.compiled.renderer,
-            params=prepared.params,
-            task=prepared.task,
-            ignore=inside(prepared.root, prepared.folder.parent, prepared.record),
-            acting=not prepared.offline,
-        )
-        try:
-            return await execute(
-                plan,
-                build_request=request_builder(prepared, session.rejected, session.workspace),
-                runner_for=runner_for,
-                listeners=[store, *listeners],
-                options=EngineOptions(
-                    max_parallel=prepared.max_parallel,
-                    stage_timeout=plan.workflow.defaults.timeout,
-                    run_id=session.run_id,
-                    task=prepared.task,
-                    budget_usd=prepared.budget_usd,
-                    spent_usd=session.spent_usd,
-                    max_rounds=plan.workflow.audit.max_rounds,
-                    round=session.round,
-                    approve_all=prepared.approve_all,
-                    only=frozenset(prepared.only) if prepared.only else None,
-                    resumed=session.resume,
-                ),
-                price=Pricing(pricing),
-                clock=clock,
-                memory=session.memo,
-                gates=session.approvals,
-                feedback=session.feedback,
-                control=control,
-                guard=guard,
-                condition=decide_condition(prepared),
-                expand=foreach_items(prepared),
-                batches=session.batches,
-            )
-        finally:
-            await runner_for.aclose()
-            store.close()
+    finally:
+        await opened.aclose()
 
 
-def _check_only(prepared: PreparedRun, session: Session) -> None:
+def check_only(prepared: PreparedRun, session: Session) -> None:
     """``--only STAGE`` needs the outputs of STAGE's needs: refuse before anything runs if one has none."""
     plan = prepared.compiled.plan
     for sid in prepared.only:
@@ -292,75 +255,3 @@ def _check_only(prepared: PreparedRun, session: Session) -> None:
                     f"--only {sid}: its need {need!r} has no finished output to use ({obstacle})",
                     hint=f"run without --only first, or use --from {need}",
                 )
-
-
-class RunnerChoice:
-    """Which runner runs each stage: ``run:`` commands the shell runner; agent stages ``runner`` if given
-    (tests), else the offline runner for offline runs, else the stage's own (the API, Claude Code or OpenCode).
-    Each runner is made once, on first use, and closed by ``aclose``."""
-
-    def __init__(self, prepared: PreparedRun, runner: Runner | None = None) -> None:
-        self.prepared = prepared
-        self.runner = runner
-        self.made: dict[str, Runner] = {}
-        self.kinds: dict[str, str] = {}
-
-    def _make(self, kind: str) -> Runner:
-        prepared = self.prepared
-        if kind != "shell" and self.runner is not None:
-            return self.runner
-        if kind != "shell" and prepared.offline:
-            return OfflineRunner(prepared.responses, prepared.latency)
-        setup = RunnerSetup(
-            root=prepared.root,
-            environ=prepared.environ,
-            transcripts=prepared.repository.stages,
-            record=prepared.record,
-            replay=prepared.replay,
-            cache_warmup=prepared.compiled.plan.workflow.defaults.cache_warmup,
-            agents=lambda: _cli_agents(prepared),
-            confinement=prepared.confinement,
-        )
-        return kind_of(kind).make(setup)
-
-    def prepare(self) -> None:
-        """Make every runner the plan's stages will use."""
-        for sid in self.prepared.compiled.plan.order:
-            if self.prepared.compiled.plan.runner_for(sid):  # an approval gate has none
-                self(sid)
-
-    def __call__(self, sid: str) -> Runner:
-        spec_id = sid.split("[", 1)[0]  # an instance runs as its stage
-        kind = self.kinds.get(spec_id)
-        if kind is None:
-            kind = self.kinds[spec_id] = self.prepared.compiled.plan.runner_for(spec_id)
-        key = "shell" if kind == "shell" else ("agent" if self.runner is not None or self.prepared.offline else kind)
-        if key not in self.made:
-            self.made[key] = self._make(kind)
-        return self.made[key]
-
-    async def aclose(self) -> None:
-        """Close the HTTP clients the runners opened, on the loop that opened them."""
-        for made in self.made.values():
-            close = getattr(made, "aclose", None)
-            if close is not None:
-                await close()
-
-
-def _cli_agents(prepared: PreparedRun) -> dict[str, CliAgent]:
-    """The compiled agent files, as the agent CLIs load them."""
-    from ..runners.agent_cli import CliAgent
-
-    files: dict[tuple[str, str], str] = {}
-    for generated in prepared.compiled.files:  # keyed by the generated name, e.g. feature-build
-        files[(generated.target, generated.agent)] = generated.content.decode("utf-8")
-    out: dict[str, CliAgent] = {}
-    for agent in prepared.compiled.rendered:
-        if agent.coordinator:
-            continue
-        out[agent.agent] = CliAgent(
-            name=agent.name,
-            claude_file=files.get(("claude", agent.name), ""),
-            opencode_file=files.get(("opencode", agent.name), ""),
-        )
-    return out

@@ -52,6 +52,19 @@ class Purse:
             await self._changed.wait()
         self.held += amount
 
+    async def hold_rest(self) -> float:
+        """Hold all the room left, once no request in flight holds any (a try priced elsewhere); return it."""
+        if self.cap is None:
+            return float("inf")
+        while self.held > _SLACK:
+            self._changed.clear()
+            await self._changed.wait()
+        amount = self.room()
+        if amount <= _SLACK:
+            raise BudgetExhausted(f"the run's budget of ${self.cap:.2f} is spent: ${self.spent:.4f}")
+        self.held += amount
+        return amount
+
     def settle(self, reserved: float, actual: float) -> None:
         """A request ended: release its reservation and count what it cost."""
         self.held = max(0.0, self.held - reserved)

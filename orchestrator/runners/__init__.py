@@ -134,6 +134,7 @@ class AttemptRecord:
     status_code: int | None = None
     request_id: str | None = None
     batch: bool = False  # sent through the Message Batches API (billed at the batch price)
+    worker: str | None = None  # the Temporal worker that made it (None: this process)
 
 
 AttemptReporter = Callable[[AttemptRecord], None]
@@ -146,12 +147,16 @@ class Meter:
     with its input tokens as counted and its most output tokens: it returns once the worst case fits
     the budget (waiting for requests in flight to settle) or raises ``BudgetExhausted``; the next
     reported attempt settles the reservation. ``batched`` records a submitted batch at once, so an
-    interrupted run can collect it; ``batch`` is one an earlier run submitted for this very request."""
+    interrupted run can collect it; ``batch`` is one an earlier run submitted for this very request.
+    ``hold`` is for a try that runs where ``reserve`` can't be called (another process): it holds all the
+    room the budgets leave, once no other request holds any, and returns it as the try's allowance (USD,
+    ``inf`` when no budget is in force); the try's first reported attempt settles the hold."""
 
     report: AttemptReporter
     reserve: Callable[[int, int, bool], Awaitable[None]] | None = None
     batched: Callable[[str, str], None] | None = None
     batch: tuple[str, str] | None = None  # (batch id, custom id)
+    hold: Callable[[], Awaitable[float]] | None = None
 
     def __call__(self, attempt: AttemptRecord) -> None:
         self.report(attempt)

@@ -64,6 +64,7 @@ class AttemptState(BaseModel):
     status_code: int | None = None
     request_id: str | None = None
     batch: bool = False  # sent through the Message Batches API
+    worker: str | None = None  # the Temporal worker that made it (a run on Temporal)
 
 
 class BatchState(BaseModel):

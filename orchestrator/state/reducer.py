@@ -129,6 +129,7 @@ def apply_event(state: RunState, event: Event) -> None:
                 status_code=record.status_code,
                 request_id=record.request_id,
                 batch=record.batch,
+                worker=record.worker,
             )
         )
         # Stage and run totals follow every attempt, so an interrupted run still shows what it spent.

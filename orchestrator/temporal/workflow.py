@@ -1,0 +1,338 @@
+"""A run as a Temporal workflow: orchestrate's own engine and scheduler, with tries as activities.
+
+``RunWorkflow`` runs ``engine.execute`` (the same loop and the same
+``Scheduler`` as a local run) on the workflow's deterministic event loop. Its
+seams are what change:
+
+- ``TemporalExecutor`` sends each try to an activity: a stage that only calls
+  the model goes to the shared queue (any worker), one that acts on the
+  workspace (tools, commands, agent CLIs, offline replies) to the home queue;
+- ``TemporalHome`` and ``TemporalGuard`` ask the home worker, through local
+  activities, for stage inputs, kept outputs, settled inputs, decisions and
+  workspace checks: everything that reads the checkout is recorded in the
+  workflow's history, so a replay asks nothing again;
+- the ``if``, ``foreach`` and write scopes are pure functions of the compiled
+  workflow, which the home rebuilds from its checkout and checks against the
+  ticket's pin;
+- events go to the home's state folder in order through ``orchestrate.record``,
+  and to followers through the ``events`` query.
+
+Signals: ``decided`` (a decision on a gate was recorded: look now) and ``stop``
+(as Ctrl-C on a local run: stages in flight are cancelled and recorded).
+The workflow runs only on the home worker (its task queue is the home queue),
+with the SDK's sandbox off: determinism is this module's and the scheduler's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Set
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from ..audit import Finding
+from ..cost import Pricing
+from ..errors import RunnerError
+from ..events import Event, to_json
+from ..fingerprint import Recalled
+from ..run.engine import RunControl, execute
+from ..run.guard import WorkspaceGuard
+from ..run.outcomes import Decision, EngineOptions, Instance, Progress, StageInput
+from ..run.request import decide_condition, foreach_items
+from ..run.session import inside
+from ..runners import AttemptRecord, BudgetExhausted, Meter, StageRequest, StageResult
+from ..runners.registry import kind_of
+from .home import HomeRun, HomeRuns
+from .ticket import Ticket
+from .tries import BUDGET, FAILURE
+from .wire import (
+    Wire,
+    attempt_from_wire,
+    decision_from_wire,
+    event_to_wire,
+    input_from_wire,
+    progress_to_wire,
+    recalled_from_wire,
+    request_to_wire,
+)
+
+__all__ = ["HOMES", "RunWorkflow"]
+
+# The homes this process hosts, by checkout (set by the worker): the workflow runs on its home worker only.
+HOMES: dict[str, HomeRuns] = {}
+
+_LOCAL = timedelta(minutes=10)
+_LOCAL_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["PinError", "StateError", "UsageError"])
+POLL = 30.0  # seconds between looks for decisions nobody signalled (the ``decided`` signal comes at once)
+TICK = 5.0  # the timeout watchdog's longest sleep: every sleep is a timer in the workflow's history
+
+
+def _message(exc: BaseException) -> str:
+    cause = exc.cause if isinstance(exc, ActivityError) and exc.cause is not None else exc
+    return cause.message if isinstance(cause, ApplicationError) else str(cause)
+
+
+class _Home:
+    """Asks the home worker through local activities (the seam ``outcomes.Home``)."""
+
+    def __init__(self, ticket: Wire, run_id: str, reads: Mapping[str, Set[str]]) -> None:
+        self.ticket = ticket
+        self.run_id = run_id
+        self.reads = reads
+        self.settles: set[str] = set()
+
+    async def call(self, name: str, *args: Any) -> Any:
+        return await workflow.execute_local_activity(
+            name, args=[self.ticket, self.run_id, *args], start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
+        )
+
+    async def stage_input(self, sid: str, progress: Progress) -> StageInput:
+        spec_id = sid.split("[", 1)[0]
+        try:
+            data = await self.call("orchestrate.stage_input", sid, progress_to_wire(progress, self.reads[spec_id]))
+        except ActivityError as exc:
+            raise RunnerError(_message(exc)) from None
+        stage_input, settles = input_from_wire(data)
+        if settles:
+            self.settles.add(sid)
+        else:
+            self.settles.discard(sid)
+        return stage_input
+
+    async def recall(self, sid: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
+        return recalled_from_wire(await self.call("orchestrate.recall", sid, fingerprint, dict(inputs), sorted(ran)))
+
+    async def settled(self, sid: str, stage_input: StageInput) -> StageInput:
+        if sid not in self.settles:
+            return stage_input
+        settled, _ = input_from_wire(await self.call("orchestrate.settled", sid))
+        return settled
+
+    async def decision(self, sid: str, fingerprint: str, output_sha256: str) -> Decision | None:
+        return decision_from_wire(await self.call("orchestrate.decision", sid, fingerprint, output_sha256))
+
+
+class _Guard:
+    """Write scopes from the compiled workflow; the workspace checks around a try on the home."""
+
+    def __init__(self, home: _Home, scopes: WorkspaceGuard) -> None:
+        self.home = home
+        self.scopes = scopes
+        self.instances: dict[str, Instance | None] = {}
+
+    def scope(self, stage: str, instance: Instance | None) -> tuple[str, ...]:
+        self.instances[stage] = instance
+        return self.scopes.scope(stage, instance)
+
+    async def before(self, stage: str) -> object:
+        instance = self.instances.get(stage)
+        wire = None if instance is None else vars(instance).copy()
+        return await self.home.call("orchestrate.before", stage, wire)
+
+    async def after(
+        self, stage: str, token: object, output: str, data: dict[str, Any] | None, others: Set[str]
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        checked = await self.home.call("orchestrate.after", stage, token, output, data, sorted(others))
+        return checked["data"], checked["problem"]
+
+
+class _Executor:
+    """Each try as an ``orchestrate.try`` activity, on the shared queue or the home's (see the module docstring)."""
+
+    def __init__(self, ticket: Ticket, run_id: str, home: HomeRun, timeout_of: Mapping[str, float | None]) -> None:
+        self.ticket = ticket
+        self.wire = ticket.to_wire()
+        self.run_id = run_id
+        self.plan = home.prepared.compiled.plan
+        self.pricing = dict(self.plan.workflow.pricing)
+        self.timeout_of = timeout_of
+
+    def _remote(self, request: StageRequest) -> bool:
+        """Whether any worker can run it: it only calls the model (no tools, no command, no batch)."""
+        runner = self.plan.runner_for(request.stage_id.split("[", 1)[0])
+        return (
+            bool(runner)
+            and kind_of(runner).calls_api
+            and not request.tools
+            and request.command is None
+            and not request.batch
+            and not self.ticket.offline
+        )
+
+    async def run_try(self, stage: str, request: StageRequest, meter: Meter) -> StageResult:
+        allowance = await meter.hold() if meter.hold is not None else math.inf
+        remote = self._remote(request)
+        spec = {
+            "ticket": self.wire,
+            "run_id": self.run_id,
+            "request": request_to_wire(request),
+            "home": not remote,
+            "allowance": None if math.isinf(allowance) else allowance,
+            "pricing": self.pricing,
+            "batch": list(meter.batch) if meter.batch else None,
+        }
+        timeout = self.timeout_of.get(stage.split("[", 1)[0])
+        try:
+            result = await workflow.execute_activity(
+                "orchestrate.try",
+                spec,
+                task_queue=self.ticket.queue if remote else self.ticket.home_queue,
+                start_to_close_timeout=timedelta(seconds=(timeout or 86400) + 60),
+                heartbeat_timeout=timedelta(seconds=self.ticket.heartbeat),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1),
+                    maximum_attempts=5,
+                    non_retryable_error_types=[FAILURE, BUDGET],
+                ),
+            )
+        except ActivityError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                details = cause.details[0]
+                self._report(meter, details.get("attempts", []), details.get("batches", []))
+                if cause.type == BUDGET:
+                    raise BudgetExhausted(details["message"]) from None
+                raise RunnerError(details["message"]) from None
+            raise RunnerError(f"the try was lost: {_message(exc)}") from None
+        self._report(meter, result["attempts"], result["batches"])
+        return StageResult(result["output"], result["data"], result["stop_reason"])
+
+    @staticmethod
+    def _report(meter: Meter, attempts: list[Wire], batches: list[list[str]]) -> None:
+        for batch_id, custom_id in batches:
+            if meter.batched is not None:
+                meter.batched(batch_id, custom_id)
+        for data in attempts:
+            attempt: AttemptRecord = attempt_from_wire(data)
+            meter(attempt)
+
+
+class _Recorder:
+    """Sends the run's events to its home's state folder in order, and keeps them for followers."""
+
+    def __init__(self, home: _Home) -> None:
+        self.home = home
+        self.log: list[Wire] = []  # every event as logged (no outputs), for the ``events`` query
+        self.pending: list[Wire] = []
+        self.sent = 0
+        self.busy = False
+        self.sender: asyncio.Task[None] | None = None
+
+    def on_event(self, event: Event) -> None:
+        self.log.append(to_json(event))
+        self.pending.append(event_to_wire(event))
+        if not self.busy:
+            self.busy = True
+            self.sender = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                await self.home.call("orchestrate.record", self.sent, batch)
+                self.sent += len(batch)
+        finally:
+            self.busy = False
+
+    async def drained(self) -> None:
+        await workflow.wait_condition(lambda: not self.busy and not self.pending)
+
+
+@workflow.defn(name="orchestrate.run")
+class RunWorkflow:
+    def __init__(self) -> None:
+        self.control = RunControl()
+        self.recorder: _Recorder | None = None
+
+    @workflow.signal(name="decided")
+    def decided(self) -> None:
+        """A decision on a gate was recorded in the checkout: look for it now."""
+        self.control.nudge()
+
+    @workflow.signal(name="stop")
+    def stop(self) -> None:
+        """Stop as Ctrl-C stops a local run: nothing new starts, stages in flight are cancelled and recorded."""
+        self.control.stop()
+
+    @workflow.query(name="events")
+    def events(self, since: int) -> list[Wire]:
+        return self.recorder.log[since:] if self.recorder is not None else []
+
+    @workflow.run
+    async def run(self, ticket_data: Wire) -> Wire:
+        ticket = Ticket.from_wire(ticket_data)
+        homes = HOMES.get(ticket.root)
+        if homes is None:  # a workflow task reached a worker that is not this checkout's home
+            raise ApplicationError(f"this worker is not the home of {ticket.root}", type="NotHome")
+        try:
+            opened = await workflow.execute_local_activity(
+                "orchestrate.open", ticket_data, start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
+            )
+        except ActivityError as exc:
+            return {"status": "error", "error": _message(exc)}
+        home = homes.prepared(ticket)
+        prepared = home.prepared
+        plan = prepared.compiled.plan
+        renderer = prepared.compiled.renderer
+        reads = {sid: set(plan.stages[sid].needs) | set(renderer.checker.stages_read(sid)) for sid in plan.order}
+        link = _Home(ticket_data, opened["run_id"], reads)
+        self.recorder = recorder = _Recorder(link)
+        scopes = WorkspaceGuard(
+            plan,
+            prepared.root,
+            renderer,
+            params=prepared.params,
+            task=prepared.task,
+            ignore=inside(prepared.root, prepared.folder.parent),
+            acting=not prepared.offline,
+        )
+        options = EngineOptions(
+            max_parallel=prepared.max_parallel,
+            stage_timeout=plan.workflow.defaults.timeout,
+            run_id=opened["run_id"],
+            task=prepared.task,
+            budget_usd=opened["budget_usd"],
+            spent_usd=opened["spent_usd"],
+            max_rounds=plan.workflow.audit.max_rounds,
+            round=opened["round"],
+            approve_all=prepared.approve_all,
+            only=frozenset(prepared.only) if prepared.only else None,
+            resumed=opened["resumed"],
+            poll_interval=POLL,
+            tick=TICK,
+        )
+        feedback = {sid: [Finding.model_validate(f) for f in found] for sid, found in opened["feedback"].items()}
+        timeouts = {sid: plan.stages[sid].timeout or plan.workflow.defaults.timeout for sid in plan.order}
+        try:
+            outcome = await execute(
+                plan,
+                executor=_Executor(ticket, opened["run_id"], home, timeouts),
+                home=link,
+                listeners=[recorder],
+                options=options,
+                price=Pricing(plan.workflow.pricing),
+                clock=lambda: workflow.now().timestamp(),
+                feedback=feedback,
+                control=self.control,
+                guard=_Guard(link, scopes),
+                condition=decide_condition(prepared),
+                expand=foreach_items(prepared),
+                batches={sid: (b[0], b[1], b[2]) for sid, b in opened["batches"].items()},
+            )
+        finally:
+            await recorder.drained()
+            await workflow.execute_local_activity(
+                "orchestrate.close", ticket_data, start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
+            )
+        return {
+            "status": outcome.status,
+            "note": outcome.note,
+            "waiting": list(outcome.waiting),
+            "cost_usd": outcome.cost_usd,
+            "run_id": opened["run_id"],
+        }
