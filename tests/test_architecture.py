@@ -24,6 +24,7 @@ HOMES = {
     "watchfiles": {"watcher.py"},
     "genai_prices": {"cost.py"},
     "re2": {"tools.py"},
+    "temporalio": {"temporal/"},  # runs on Temporal: the package of the temporal extra
 }
 
 
@@ -66,10 +67,26 @@ def resolve(path: Path, module: str, level: int) -> str | None:
     return None
 
 
+def home_of(module: str) -> str:
+    """A module's home as ``HOMES`` names it: its package for the cli and temporal packages."""
+    return next((f"{package}/" for package in ("cli", "temporal") if module.startswith(f"{package}/")), module)
+
+
 @pytest.mark.parametrize("library", sorted(HOMES))
 def test_each_library_has_one_home(library: str) -> None:
     users = {rel(p) for p in MODULES if any(m.split(".")[0] == library and lvl == 0 for m, lvl in imports(p))}
-    assert {"cli/" if in_cli(u) else u for u in users} <= HOMES[library]
+    assert {home_of(u) for u in users} <= HOMES[library]
+
+
+def test_the_temporal_package_is_imported_only_when_a_command_asks_for_it() -> None:
+    """Nothing outside it imports ``orchestrator.temporal`` at module level: a local run never loads temporalio."""
+    for path in MODULES:
+        if rel(path).startswith("temporal/"):
+            continue
+        for node in ast.parse(path.read_text()).body:  # module level only; imports inside functions are lazy
+            if isinstance(node, ast.ImportFrom) and resolve(path, node.module or "", node.level) is not None:
+                target = resolve(path, node.module or "", node.level)
+                assert target is None or not target.startswith("temporal/"), f"{rel(path)} imports {target}"
 
 
 def test_nothing_imports_the_cli() -> None:

@@ -154,6 +154,11 @@ def run_options(func: Callable[..., int]) -> Callable[..., int]:
     is_flag=True,
     help="With --temporal: don't host this checkout's home worker (an `orchestrate worker --workspace` does).",
 )
+@click.option(
+    "--no-shared",
+    is_flag=True,
+    help="With --temporal: leave stages that only call the model to `orchestrate worker`s.",
+)
 def run(
     workflow: Path,
     root: Path | None,
@@ -171,6 +176,7 @@ def run(
     tls_cert: Path | None,
     tls_key: Path | None,
     no_home: bool,
+    no_shared: bool,
 ) -> int:
     """Run a workflow's stages against Claude, in parallel where the DAG allows.
 
@@ -201,8 +207,8 @@ def run(
     )
     if temporal is not None and (record is not None or replay is not None):
         raise UsageError("--record and --replay work in a local run only", hint="drop --temporal, or them")
-    if temporal is None and no_home:
-        raise UsageError("--no-home goes with --temporal")
+    if temporal is None and (no_home or no_shared):
+        raise UsageError(f"{'--no-home' if no_home else '--no-shared'} goes with --temporal")
     settings = settings_of(temporal, namespace, tls, tls_cert, tls_key) if temporal is not None else None
     prepared = prepare_run(workflow.absolute(), project, request)
     if not args.task:
@@ -236,7 +242,9 @@ def run(
 
     if settings is not None:
         command = shlex.join(["orchestrate", *sys.argv[1:]])
-        result = run_on_temporal(prepared, request, settings, queue=queue, host=not no_home, view=view, command=command)
+        result = run_on_temporal(
+            prepared, request, settings, queue=queue, host=not no_home, shared=not no_shared, view=view, command=command
+        )
         if result is None:
             return EXIT_INTERRUPTED
         status = str(result["status"])

@@ -8,6 +8,7 @@ command says how to install it.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 from collections.abc import Callable
@@ -77,13 +78,16 @@ def temporal_options(*, required: bool) -> Callable[[Callable[..., int]], Callab
 
 
 def _import_temporal() -> None:
+    """Refuse, saying how to install it, when the temporal extra is missing."""
     try:
-        import temporalio  # noqa: F401
-    except ImportError:
+        found = importlib.util.find_spec("temporalio") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         raise UsageError(
             "running on Temporal needs the temporal extra, which is not installed",
             hint="pip install 'orchestrate[temporal]'",
-        ) from None
+        )
 
 
 def settings_of(address: str, namespace: str, tls: bool, tls_cert: Path | None, tls_key: Path | None) -> Settings:
@@ -113,6 +117,7 @@ def run_on_temporal(
     *,
     queue: str,
     host: bool,
+    shared: bool,
     view: Listener,
     command: str,
 ) -> dict[str, Any] | None:
@@ -146,6 +151,7 @@ def run_on_temporal(
                 listeners=[view],
                 environ=request.environ,
                 host=host,
+                shared=shared,
                 stop_following=stop,
                 on_attach=attached,
             )

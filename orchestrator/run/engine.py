@@ -15,6 +15,10 @@ gated stage, look for a person's decision. The engine also handles:
 - ``RunControl.stop()`` (a signal): the stages in flight are cancelled and
   record what they spent, and the run ends ``interrupted``;
 - ``RunControl.fail()`` (its state can't be written): nothing new starts.
+
+A run with only gates left waiting ends ``waiting_approval`` (run it again once
+they are decided), unless ``wait_at_gates``: a run that outlives its command
+(on Temporal) waits for the decisions, woken by ``RunControl.nudge()``.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class Run(RunContext):
         self.scheduler.halt("stop")
         for task in self.tasks.values():
             task.cancel()
+        self.nudge()  # a run waiting at its gates stops waiting
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -119,7 +124,11 @@ class Run(RunContext):
                         break
                     running[sid] = asyncio.create_task(StageJob(self, sid).run(), name=f"stage {sid}")
                 if not running:
-                    break
+                    if not (options.wait_at_gates and self.waiting_gates and not scheduler.halted):
+                        break
+                    await self._finished_or_nudged()  # nothing runs: a durable run waits for a person
+                    await self._poll_gates()
+                    continue
                 for sid, outcome in await self._next_batch():
                     del running[sid]
                     scheduler.settle(sid, outcome, self.clock())

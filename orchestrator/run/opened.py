@@ -115,7 +115,7 @@ class OpenedRun:
             guard,
             home,
             runners,
-            engine_options(prepared, session),
+            engine_options(prepared, session.run_id, session.spent_usd, session.round, session.resume),
             Pricing(plan.workflow.pricing),
             decide_condition(prepared),
             foreach_items(prepared),
@@ -131,22 +131,21 @@ class OpenedRun:
             self.lock.release()
 
 
-def engine_options(prepared: PreparedRun, session: Session, **more: float) -> EngineOptions:
-    """The engine's options for this run of ``prepared`` (``more``: poll_interval, tick)."""
+def engine_options(prepared: PreparedRun, run_id: str, spent_usd: float, round: int, resumed: bool) -> EngineOptions:
+    """The engine's options for run ``run_id`` of ``prepared`` (a resumed run's spend and audit round)."""
     plan = prepared.compiled.plan
     return EngineOptions(
         max_parallel=prepared.max_parallel,
         stage_timeout=plan.workflow.defaults.timeout,
-        run_id=session.run_id,
+        run_id=run_id,
         task=prepared.task,
         budget_usd=prepared.budget_usd,
-        spent_usd=session.spent_usd,
+        spent_usd=spent_usd,
         max_rounds=plan.workflow.audit.max_rounds,
-        round=session.round,
+        round=round,
         approve_all=prepared.approve_all,
         only=frozenset(prepared.only) if prepared.only else None,
-        resumed=session.resume,
-        **more,
+        resumed=resumed,
     )
 
 

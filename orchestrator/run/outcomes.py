@@ -60,6 +60,7 @@ class EngineOptions:
     resumed: bool = False
     poll_interval: float = 1.0  # how often waiting gates look for a decision while other stages run
     tick: float = 1.0  # the longest the timeout watchdog sleeps between looks (a tenth of the shortest timeout)
+    wait_at_gates: bool = False  # with only gates left, wait for their decisions rather than pause the run
 
 
 @dataclass

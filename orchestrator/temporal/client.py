@@ -114,6 +114,7 @@ async def follow_run(
     listeners: Sequence[Listener],
     environ: Mapping[str, str],
     host: bool = True,
+    shared: bool = True,
     stop_following: asyncio.Event | None = None,
     on_attach: Callable[[bool], None] | None = None,
     poll: float = 0.25,
@@ -134,6 +135,7 @@ async def follow_run(
                 keys=prepared.keys,
                 ready=ready,
                 stopping=stopping,
+                shared=shared,
             )
         )
         waiter = asyncio.create_task(ready.wait())

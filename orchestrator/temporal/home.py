@@ -147,7 +147,6 @@ class HomeActivities:
             "resumed": session.resume,
             "spent_usd": options.spent_usd,
             "round": options.round,
-            "budget_usd": options.budget_usd,
             "feedback": {sid: [f.model_dump() for f in found] for sid, found in session.feedback.items()},
             "batches": {sid: list(batch) for sid, batch in session.batches.items()},
             "changes": list(session.changes),

@@ -34,8 +34,10 @@ async def serve(
     keys: Path | None = None,
     ready: asyncio.Event | None = None,
     stopping: asyncio.Event,
+    shared: bool = True,
 ) -> None:
-    """Serve ``queue`` (and, with ``root``, that checkout's home queue) until ``stopping`` is set.
+    """Serve ``queue`` (and, with ``root``, that checkout's home queue) until ``stopping`` is set; a home with
+    ``shared=False`` leaves ``queue`` to other workers.
 
     On the way out the runs this home holds are written out and their locks released; a run carries on once
     a home serves its queue again."""
@@ -44,7 +46,7 @@ async def serve(
     async with AsyncExitStack() as stack:
         # Unwound in reverse: the workers stop first, then the runs are written out and the runners closed.
         stack.push_async_callback(tries.aclose)
-        workers = [Worker(client, task_queue=queue, activities=[tries.run_try], identity=identity)]
+        workers = [Worker(client, task_queue=queue, activities=[tries.run_try], identity=identity)] if shared else []
         if root is not None:
             key = str(root.resolve())
             if key in HOMES:

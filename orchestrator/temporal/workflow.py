@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Set
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -42,7 +43,8 @@ from ..events import Event, to_json
 from ..fingerprint import Recalled
 from ..run.engine import RunControl, execute
 from ..run.guard import WorkspaceGuard
-from ..run.outcomes import Decision, EngineOptions, Instance, Progress, StageInput
+from ..run.opened import engine_options
+from ..run.outcomes import Decision, Instance, Progress, StageInput
 from ..run.request import decide_condition, foreach_items
 from ..run.session import inside
 from ..runners import AttemptRecord, BudgetExhausted, Meter, StageRequest, StageResult
@@ -72,6 +74,11 @@ POLL = 30.0  # seconds between looks for decisions nobody signalled (the ``decid
 TICK = 5.0  # the timeout watchdog's longest sleep: every sleep is a timer in the workflow's history
 
 
+def _done(progress: Progress) -> list[str]:
+    """The stages whose outcomes a request may read: the finished ones (the audit reads them all)."""
+    return [sid for sid, outcome in progress.outcomes.items() if outcome.status in ("succeeded", "failed", "skipped")]
+
+
 def _message(exc: BaseException) -> str:
     cause = exc.cause if isinstance(exc, ActivityError) and exc.cause is not None else exc
     return cause.message if isinstance(cause, ApplicationError) else str(cause)
@@ -80,21 +87,23 @@ def _message(exc: BaseException) -> str:
 class _Home:
     """Asks the home worker through local activities (the seam ``outcomes.Home``)."""
 
-    def __init__(self, ticket: Wire, run_id: str, reads: Mapping[str, Set[str]]) -> None:
+    def __init__(self, ticket: Wire, run_id: str) -> None:
         self.ticket = ticket
         self.run_id = run_id
-        self.reads = reads
         self.settles: set[str] = set()
+        self.turn = asyncio.Lock()
 
     async def call(self, name: str, *args: Any) -> Any:
-        return await workflow.execute_local_activity(
-            name, args=[self.ticket, self.run_id, *args], start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
-        )
+        # One at a time, in the order asked: local activities running side by side complete in whatever order
+        # the home finishes them, and a replay would then meet their markers in another order than it asks.
+        async with self.turn:
+            return await workflow.execute_local_activity(
+                name, args=[self.ticket, self.run_id, *args], start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
+            )
 
     async def stage_input(self, sid: str, progress: Progress) -> StageInput:
-        spec_id = sid.split("[", 1)[0]
         try:
-            data = await self.call("orchestrate.stage_input", sid, progress_to_wire(progress, self.reads[spec_id]))
+            data = await self.call("orchestrate.stage_input", sid, progress_to_wire(progress, _done(progress)))
         except ActivityError as exc:
             raise RunnerError(_message(exc)) from None
         stage_input, settles = input_from_wire(data)
@@ -279,8 +288,7 @@ class RunWorkflow:
         prepared = home.prepared
         plan = prepared.compiled.plan
         renderer = prepared.compiled.renderer
-        reads = {sid: set(plan.stages[sid].needs) | set(renderer.checker.stages_read(sid)) for sid in plan.order}
-        link = _Home(ticket_data, opened["run_id"], reads)
+        link = _Home(ticket_data, opened["run_id"])
         self.recorder = recorder = _Recorder(link)
         scopes = WorkspaceGuard(
             plan,
@@ -291,20 +299,11 @@ class RunWorkflow:
             ignore=inside(prepared.root, prepared.folder.parent),
             acting=not prepared.offline,
         )
-        options = EngineOptions(
-            max_parallel=prepared.max_parallel,
-            stage_timeout=plan.workflow.defaults.timeout,
-            run_id=opened["run_id"],
-            task=prepared.task,
-            budget_usd=opened["budget_usd"],
-            spent_usd=opened["spent_usd"],
-            max_rounds=plan.workflow.audit.max_rounds,
-            round=opened["round"],
-            approve_all=prepared.approve_all,
-            only=frozenset(prepared.only) if prepared.only else None,
-            resumed=opened["resumed"],
+        options = replace(
+            engine_options(prepared, opened["run_id"], opened["spent_usd"], opened["round"], opened["resumed"]),
             poll_interval=POLL,
             tick=TICK,
+            wait_at_gates=True,
         )
         feedback = {sid: [Finding.model_validate(f) for f in found] for sid, found in opened["feedback"].items()}
         timeouts = {sid: plan.stages[sid].timeout or plan.workflow.defaults.timeout for sid in plan.order}
