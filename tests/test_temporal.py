@@ -170,12 +170,13 @@ class Scene:
         return proc
 
     def worker(self) -> subprocess.Popen[str]:
-        proc = self.spawn("worker", log=f"worker-{len(self.processes)}")
-        wait_for(lambda: self.pollers() >= 1 + sum(p.poll() is None for p in self.processes[:-1]), 30, "a worker")
+        """An ``orchestrate worker`` on this test's queue, once it polls (it says so when its workers started)."""
+        name = f"worker-{len(self.processes)}"
+        proc = self.spawn("worker", log=name)
+        log = self.root.parent / f"{name}.log"
+        wait_for(lambda: "worker serving queue" in log.read_text() or proc.poll() is not None, 30, "a worker")
+        assert proc.poll() is None, log.read_text()
         return proc
-
-    def pollers(self) -> int:
-        return asyncio.run(_pollers(self.server.address, self.queue))
 
     def state(self, task: str) -> dict[str, Any]:
         return json.loads((self.root / "docs/ai" / task / "state.json").read_text())
@@ -189,23 +190,6 @@ class Scene:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-async def _pollers(address: str, queue: str) -> int:
-    from temporalio.api.enums.v1 import TaskQueueType
-    from temporalio.api.taskqueue.v1 import TaskQueue
-    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-    from temporalio.client import Client
-
-    client = await Client.connect(address)
-    described = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace="default",
-            task_queue=TaskQueue(name=queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-        )
-    )
-    return len({p.identity for p in described.pollers})
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:

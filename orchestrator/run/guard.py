@@ -89,6 +89,12 @@ class WorkspaceGuard:
     def _declared(self, stage: str) -> bool:
         return self.plan.stages[self._spec_id(stage)].writes is not None
 
+    def checks(self, stage: str) -> bool:
+        """Whether ``before`` and ``after`` have anything to check for ``stage``: a declared write scope or
+        declared outputs (asked once its scope is known)."""
+        spec = self.plan.stages[self._spec_id(stage)]
+        return spec.writes is not None or bool(spec.outputs)
+
     async def before(self, stage: str) -> object:
         if not self._declared(stage):
             return None

@@ -132,6 +132,21 @@ class HomeActivities:
     def __init__(self, runs: HomeRuns) -> None:
         self.runs = runs
 
+    def _opened(self, ticket_data: Wire, run_id: str, first: int, events: list[Wire]) -> tuple[HomeRun, OpenedRun]:
+        """The run, with events ``first``... written into its state folder first; events it already holds (a
+        retried call) are skipped."""
+        run, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
+        if events:
+            for index, data in enumerate(events, start=first):
+                if index < run.recorded:
+                    continue
+                opened.store.on_event(event_from_wire(data))
+                run.recorded = index + 1
+            opened.store.flush()
+            marker = json.dumps({"workflow": activity.info().workflow_run_id, "count": run.recorded})
+            _progress_file(run.prepared).write_text(marker, encoding="utf-8")
+        return run, opened
+
     @activity.defn(name="orchestrate.open")
     async def open(self, ticket_data: Wire) -> Wire:
         """Open the run (the task's lock, its session, its state store); what the workflow's engine needs."""
@@ -153,23 +168,33 @@ class HomeActivities:
         }
 
     @activity.defn(name="orchestrate.stage_input")
-    async def stage_input(self, ticket_data: Wire, run_id: str, sid: str, progress: Wire) -> Wire:
-        run, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
+    async def stage_input(
+        self, ticket_data: Wire, run_id: str, first: int, events: list[Wire], sid: str, progress: Wire
+    ) -> Wire:
+        run, opened = self._opened(ticket_data, run_id, first, events)
         stage_input = await opened.home.stage_input(sid, progress_from_wire(progress))
         run.inputs[sid] = stage_input
         return input_to_wire(stage_input)
 
     @activity.defn(name="orchestrate.recall")
     async def recall(
-        self, ticket_data: Wire, run_id: str, sid: str, fingerprint: str, inputs: Wire, ran: list[str]
+        self,
+        ticket_data: Wire,
+        run_id: str,
+        first: int,
+        events: list[Wire],
+        sid: str,
+        fingerprint: str,
+        inputs: Wire,
+        ran: list[str],
     ) -> Wire:
-        _, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
+        _, opened = self._opened(ticket_data, run_id, first, events)
         recalled: Recalled | str = await opened.home.recall(sid, fingerprint, inputs, frozenset(ran))
         return recalled_to_wire(recalled)
 
     @activity.defn(name="orchestrate.settled")
-    async def settled(self, ticket_data: Wire, run_id: str, sid: str) -> Wire:
-        run, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
+    async def settled(self, ticket_data: Wire, run_id: str, first: int, events: list[Wire], sid: str) -> Wire:
+        run, opened = self._opened(ticket_data, run_id, first, events)
         stage_input = run.inputs.get(sid)
         if stage_input is None:
             raise StateError(f"stage {sid}'s input was lost with a restart of its home worker; run it again")
@@ -177,14 +202,23 @@ class HomeActivities:
 
     @activity.defn(name="orchestrate.decision")
     async def decision(
-        self, ticket_data: Wire, run_id: str, sid: str, fingerprint: str, output_sha: str
+        self,
+        ticket_data: Wire,
+        run_id: str,
+        first: int,
+        events: list[Wire],
+        sid: str,
+        fingerprint: str,
+        output_sha: str,
     ) -> Wire | None:
-        _, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
+        _, opened = self._opened(ticket_data, run_id, first, events)
         return decision_to_wire(await opened.home.decision(sid, fingerprint, output_sha))
 
     @activity.defn(name="orchestrate.before")
-    async def before(self, ticket_data: Wire, run_id: str, sid: str, instance: Wire | None) -> str:
-        run, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
+    async def before(
+        self, ticket_data: Wire, run_id: str, first: int, events: list[Wire], sid: str, instance: Wire | None
+    ) -> str:
+        run, opened = self._opened(ticket_data, run_id, first, events)
         opened.guard.scope(sid, _instance(instance))  # the guard learns the stage's scope as the scheduler did
         token = await opened.guard.before(sid)
         key = f"{sid}#{len(run.tokens)}"
@@ -193,9 +227,18 @@ class HomeActivities:
 
     @activity.defn(name="orchestrate.after")
     async def after(
-        self, ticket_data: Wire, run_id: str, sid: str, key: str, output: str, data: Wire | None, others: list[str]
+        self,
+        ticket_data: Wire,
+        run_id: str,
+        first: int,
+        events: list[Wire],
+        sid: str,
+        key: str,
+        output: str,
+        data: Wire | None,
+        others: list[str],
     ) -> Wire:
-        run, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
+        run, opened = self._opened(ticket_data, run_id, first, events)
         if key not in run.tokens:
             return {"data": data, "problem": None}  # the snapshot was lost with a restart: nothing to compare
         checked, problem = await opened.guard.after(sid, run.tokens.pop(key), output, data, frozenset(others))
@@ -203,16 +246,8 @@ class HomeActivities:
 
     @activity.defn(name="orchestrate.record")
     async def record(self, ticket_data: Wire, run_id: str, first: int, events: list[Wire]) -> None:
-        """Write events ``first``... into the state folder; events it already holds (a retried batch) are skipped."""
-        run, opened = self.runs.opened(Ticket.from_wire(ticket_data), run_id)
-        for index, data in enumerate(events, start=first):
-            if index < run.recorded:
-                continue
-            opened.store.on_event(event_from_wire(data))
-            run.recorded = index + 1
-        opened.store.flush()
-        marker = json.dumps({"workflow": activity.info().workflow_run_id, "count": run.recorded})
-        _progress_file(run.prepared).write_text(marker, encoding="utf-8")
+        """Events ``first``... into the state folder (the other activities take them too, before their work)."""
+        self._opened(ticket_data, run_id, first, events)
 
     @activity.defn(name="orchestrate.close")
     async def close(self, ticket_data: Wire) -> None:

@@ -74,36 +74,58 @@ POLL = 30.0  # seconds between looks for decisions nobody signalled (the ``decid
 TICK = 5.0  # the timeout watchdog's longest sleep: every sleep is a timer in the workflow's history
 
 
-def _done(progress: Progress) -> list[str]:
-    """The stages whose outcomes a request may read: the finished ones (the audit reads them all)."""
-    return [sid for sid, outcome in progress.outcomes.items() if outcome.status in ("succeeded", "failed", "skipped")]
-
-
 def _message(exc: BaseException) -> str:
     cause = exc.cause if isinstance(exc, ActivityError) and exc.cause is not None else exc
     return cause.message if isinstance(cause, ApplicationError) else str(cause)
 
 
 class _Home:
-    """Asks the home worker through local activities (the seam ``outcomes.Home``)."""
+    """Asks the home worker through local activities (the seam ``outcomes.Home``); each call first hands the
+    home the events not yet recorded, so most events reach the state folder without a call of their own."""
 
-    def __init__(self, ticket: Wire, run_id: str) -> None:
+    def __init__(self, ticket: Wire, run_id: str, reads: Mapping[str, Set[str]]) -> None:
         self.ticket = ticket
         self.run_id = run_id
+        self.reads = reads  # the stages whose outcomes each stage's request reads
         self.settles: set[str] = set()
         self.turn = asyncio.Lock()
+        self.log: list[Wire] = []  # every event as logged (no outputs), for the ``events`` query
+        self.pending: list[Wire] = []  # events (with outputs) the home has not been handed yet
+        self.sent = 0
+        self.sender: asyncio.Task[None] | None = None
+
+    def on_event(self, event: Event) -> None:
+        self.log.append(to_json(event))
+        self.pending.append(event_to_wire(event))
+        if self.sender is None or self.sender.done():
+            self.sender = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while self.pending:
+            await self.call("orchestrate.record")
+
+    async def drained(self) -> None:
+        await workflow.wait_condition(lambda: not self.pending and (self.sender is None or self.sender.done()))
 
     async def call(self, name: str, *args: Any) -> Any:
         # One at a time, in the order asked: local activities running side by side complete in whatever order
         # the home finishes them, and a replay would then meet their markers in another order than it asks.
         async with self.turn:
-            return await workflow.execute_local_activity(
-                name, args=[self.ticket, self.run_id, *args], start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
+            first, events = self.sent, self.pending
+            self.pending = []
+            result = await workflow.execute_local_activity(
+                name,
+                args=[self.ticket, self.run_id, first, events, *args],
+                start_to_close_timeout=_LOCAL,
+                retry_policy=_LOCAL_RETRY,
             )
+            self.sent += len(events)
+            return result
 
     async def stage_input(self, sid: str, progress: Progress) -> StageInput:
+        spec_id = sid.split("[", 1)[0]
         try:
-            data = await self.call("orchestrate.stage_input", sid, progress_to_wire(progress, _done(progress)))
+            data = await self.call("orchestrate.stage_input", sid, progress_to_wire(progress, self.reads[spec_id]))
         except ActivityError as exc:
             raise RunnerError(_message(exc)) from None
         stage_input, settles = input_from_wire(data)
@@ -139,6 +161,8 @@ class _Guard:
         return self.scopes.scope(stage, instance)
 
     async def before(self, stage: str) -> object:
+        if not self.scopes.checks(stage):
+            return None  # nothing declared to check: no round trip to the home
         instance = self.instances.get(stage)
         wire = None if instance is None else vars(instance).copy()
         return await self.home.call("orchestrate.before", stage, wire)
@@ -146,6 +170,8 @@ class _Guard:
     async def after(
         self, stage: str, token: object, output: str, data: dict[str, Any] | None, others: Set[str]
     ) -> tuple[dict[str, Any] | None, str | None]:
+        if token is None:
+            return data, None
         checked = await self.home.call("orchestrate.after", stage, token, output, data, sorted(others))
         return checked["data"], checked["problem"]
 
@@ -221,42 +247,11 @@ class _Executor:
             meter(attempt)
 
 
-class _Recorder:
-    """Sends the run's events to its home's state folder in order, and keeps them for followers."""
-
-    def __init__(self, home: _Home) -> None:
-        self.home = home
-        self.log: list[Wire] = []  # every event as logged (no outputs), for the ``events`` query
-        self.pending: list[Wire] = []
-        self.sent = 0
-        self.busy = False
-        self.sender: asyncio.Task[None] | None = None
-
-    def on_event(self, event: Event) -> None:
-        self.log.append(to_json(event))
-        self.pending.append(event_to_wire(event))
-        if not self.busy:
-            self.busy = True
-            self.sender = asyncio.create_task(self._send())
-
-    async def _send(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                await self.home.call("orchestrate.record", self.sent, batch)
-                self.sent += len(batch)
-        finally:
-            self.busy = False
-
-    async def drained(self) -> None:
-        await workflow.wait_condition(lambda: not self.busy and not self.pending)
-
-
 @workflow.defn(name="orchestrate.run")
 class RunWorkflow:
     def __init__(self) -> None:
         self.control = RunControl()
-        self.recorder: _Recorder | None = None
+        self.home: _Home | None = None
 
     @workflow.signal(name="decided")
     def decided(self) -> None:
@@ -270,7 +265,7 @@ class RunWorkflow:
 
     @workflow.query(name="events")
     def events(self, since: int) -> list[Wire]:
-        return self.recorder.log[since:] if self.recorder is not None else []
+        return self.home.log[since:] if self.home is not None else []
 
     @workflow.run
     async def run(self, ticket_data: Wire) -> Wire:
@@ -288,8 +283,14 @@ class RunWorkflow:
         prepared = home.prepared
         plan = prepared.compiled.plan
         renderer = prepared.compiled.renderer
-        link = _Home(ticket_data, opened["run_id"])
-        self.recorder = recorder = _Recorder(link)
+        everything = set(plan.order)  # the audit reads every stage's outcome
+        reads = {
+            sid: everything
+            if sid == plan.audit_stage
+            else {*plan.stages[sid].needs, *renderer.checker.stages_read(sid)}
+            for sid in plan.order
+        }
+        self.home = link = _Home(ticket_data, opened["run_id"], reads)
         scopes = WorkspaceGuard(
             plan,
             prepared.root,
@@ -312,7 +313,7 @@ class RunWorkflow:
                 plan,
                 executor=_Executor(ticket, opened["run_id"], home, timeouts),
                 home=link,
-                listeners=[recorder],
+                listeners=[link],
                 options=options,
                 price=Pricing(plan.workflow.pricing),
                 clock=lambda: workflow.now().timestamp(),
@@ -324,7 +325,7 @@ class RunWorkflow:
                 batches={sid: (b[0], b[1], b[2]) for sid, b in opened["batches"].items()},
             )
         finally:
-            await recorder.drained()
+            await link.drained()
             await workflow.execute_local_activity(
                 "orchestrate.close", ticket_data, start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
             )
