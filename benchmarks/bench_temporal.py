@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from orchestrator import RunRequest, prepare_workflow, run_workflow_async  # noqa: E402
 from orchestrator.temporal.client import Settings, connect, follow_run  # noqa: E402
 from orchestrator.temporal.ticket import Ticket  # noqa: E402
-from orchestrator.temporal.worker import serve  # noqa: E402
+from orchestrator.temporal.worker import serving  # noqa: E402
 from tests.temporal_server import DevServer  # noqa: E402
 
 LATENCY = 0.1
@@ -110,18 +110,10 @@ async def with_home(root: Path, settings: Settings, runs: list[tuple[str, Path, 
     """Run each (kind, workflow, task) on Temporal with this process as the home worker; the times, and how long
     the worker took to start."""
     client = await connect(settings)
-    stopping, ready = asyncio.Event(), asyncio.Event()
     started = time.perf_counter()
-    worker = asyncio.create_task(
-        serve(client, queue=QUEUE, environ=dict(os.environ), root=root, ready=ready, stopping=stopping)
-    )
-    await ready.wait()
-    start_up = time.perf_counter() - started
-    try:
+    async with serving(client, queue=QUEUE, environ=dict(os.environ), root=root):
+        start_up = time.perf_counter() - started
         return [await on_temporal(path, task, settings) for _, path, task in runs], start_up
-    finally:
-        stopping.set()
-        await worker
 
 
 def main() -> None:

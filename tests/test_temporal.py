@@ -27,23 +27,11 @@ import pytest
 from .conftest import REPO
 from .fake_anthropic import FakeAnthropic
 from .temporal_server import DevServer
+from .test_dynamic import PLAN_SCHEMA, at, tasks
 
 pytestmark = pytest.mark.temporal
 
 HEARTBEAT = "5"  # seconds: a killed worker's attempt is noticed soon, and a busy one is not taken for dead
-
-PLAN_SCHEMA = """
-    output_schema:
-      type: object
-      properties:
-        tasks:
-          type: array
-          items:
-            type: object
-            properties: {id: {type: string}, title: {type: string}}
-            required: [id, title]
-      required: [tasks]
-"""
 
 FAN = (
     """
@@ -54,7 +42,7 @@ stages:
     agent: plan
     prompt: Split the work.
 """
-    + PLAN_SCHEMA
+    + PLAN_SCHEMA.replace("maxItems: 3", "maxItems: 30")
     + """
   - id: build
     agent: build
@@ -108,14 +96,6 @@ stages:
     agent: auditor
     needs: [three]
 """
-
-
-def at(stage: str) -> str:
-    return f": stage `{stage}` of workflow"
-
-
-def tasks(*ids: str) -> str:
-    return json.dumps({"tasks": [{"id": i, "title": f"task {i}"} for i in ids]})
 
 
 @pytest.fixture(scope="module")

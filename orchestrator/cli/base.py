@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,10 +168,37 @@ def reader_gone() -> None:
         pass
 
 
+_quit_at_once = False
+
+
+def quit_at_once() -> None:
+    """End the process with ``os._exit`` once the command is done (the console entry point only).
+
+    The Temporal SDK's native runtime keeps threads that may call into Python while the interpreter
+    finalizes, which can abort a short command at exit (``PyGILState_Release``) after its work is done.
+    Every file orchestrate writes is complete by then (atomic writes), so the command flushes its output
+    and leaves without finalizing."""
+    global _quit_at_once
+    _quit_at_once = True
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: run the CLI and turn every outcome into one exit code."""
-    global _debug, _root_shown
-    _debug, _root_shown = False, None
+    global _debug, _root_shown, _quit_at_once
+    _debug, _root_shown, _quit_at_once = False, None, False
+    try:
+        _main(argv)
+    except SystemExit as exc:
+        if _quit_at_once and argv is None:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            for stream in (sys.stdout, sys.stderr):
+                with suppress(OSError, ValueError):
+                    stream.flush()
+            os._exit(code)
+        raise
+
+
+def _main(argv: Sequence[str] | None) -> None:
     try:
         code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except click.exceptions.Abort:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import OrchestrateError, UsageError
-from .base import EXIT_OK, _err, _paused_gc, _task_project, cli, task_root_option
+from .base import EXIT_OK, _err, _paused_gc, _task_project, cli, quit_at_once, task_root_option
 
 if TYPE_CHECKING:
     from ..events import Listener
@@ -88,6 +88,7 @@ def _import_temporal() -> None:
             "running on Temporal needs the temporal extra, which is not installed",
             hint="pip install 'orchestrate[temporal]'",
         )
+    quit_at_once()  # its native runtime can abort the interpreter's finalization
 
 
 def settings_of(address: str, namespace: str, tls: bool, tls_cert: Path | None, tls_key: Path | None) -> Settings:
@@ -216,35 +217,23 @@ def worker(
     settings = settings_of(temporal, namespace, tls, tls_cert, tls_key)
     with _paused_gc():
         from ..temporal.client import connect
-        from ..temporal.worker import serve
+        from ..temporal.worker import serving
 
     project = _task_project(root) if workspace else None
 
     async def go() -> None:
         client = await connect(settings)
         stopping = asyncio.Event()
-        ready = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-        task = asyncio.create_task(
-            serve(
-                client,
-                queue=queue,
-                environ=dict(os.environ),
-                root=project.root if project is not None else None,
-                keys=project.keys if project is not None else None,
-                ready=ready,
-                stopping=stopping,
-            )
-        )
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if ready.is_set():
-            where = f" and the home of {project.root}" if project is not None else ""
+        home = project.root if project is not None else None
+        async with serving(
+            client, queue=queue, environ=dict(os.environ), root=home, keys=project.keys if project else None
+        ):
+            where = f" and the home of {home}" if home is not None else ""
             _err(f"worker serving queue {queue!r}{where} on {temporal} (Ctrl-C stops it)")
-        await task
+            await stopping.wait()
 
     asyncio.run(go())
     return EXIT_OK

@@ -14,6 +14,7 @@ secret).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import zlib
@@ -33,7 +34,7 @@ from ..events import Listener, from_json
 from ..fileio import atomic_write
 from ..run.options import PreparedRun
 from .ticket import Ticket
-from .worker import serve
+from .worker import serving
 
 __all__ = ["NOTE_FILE", "Settings", "connect", "follow_run", "read_note", "signal_run"]
 
@@ -154,28 +155,12 @@ async def follow_run(
     """Run ``ticket`` on Temporal and pass its events to ``listeners`` until it ends or ``stop_following`` is set
     (the run carries on without us; its home goes until a home serves the checkout again)."""
     client = await connect(settings)
-    stopping = asyncio.Event()
-    ready = asyncio.Event()
-    worker: asyncio.Task[None] | None = None
-    if host:
-        worker = asyncio.create_task(
-            serve(
-                client,
-                queue=ticket.queue,
-                environ=environ,
-                root=prepared.root,
-                keys=prepared.keys,
-                ready=ready,
-                stopping=stopping,
-                shared=shared,
-            )
-        )
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait((worker, waiter), return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if worker.done():
-            worker.result()  # raises what stopped it
-    try:
+    home = (
+        serving(client, queue=ticket.queue, environ=environ, root=prepared.root, keys=prepared.keys, shared=shared)
+        if host
+        else contextlib.nullcontext()
+    )
+    async with home:
         handle: WorkflowHandle[Any, Any] = client.get_workflow_handle(ticket.workflow_id)
         attached = await _running(handle)
         if not attached:
@@ -191,10 +176,6 @@ async def follow_run(
             on_attach(attached)
         result = await _follow(handle, listeners, stop_following or asyncio.Event(), poll)
         return Followed(result, attached, ticket.workflow_id)
-    finally:
-        stopping.set()
-        if worker is not None:
-            await worker
 
 
 async def _follow(

@@ -10,8 +10,8 @@ activities and the tries of stages that act on the workspace.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from temporalio.client import Client
@@ -22,7 +22,7 @@ from .ticket import home_queue
 from .tries import TryActivities, worker_name
 from .workflow import HOMES, RunWorkflow
 
-__all__ = ["serve"]
+__all__ = ["serve", "serving"]
 
 
 async def serve(
@@ -71,3 +71,30 @@ async def serve(
         if ready is not None:
             ready.set()
         await stopping.wait()
+
+
+@asynccontextmanager
+async def serving(
+    client: Client,
+    *,
+    queue: str,
+    environ: Mapping[str, str],
+    root: Path | None = None,
+    keys: Path | None = None,
+    shared: bool = True,
+) -> AsyncIterator[None]:
+    """``serve`` for as long as the block runs; its workers poll by the time the block starts."""
+    stopping, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        serve(client, queue=queue, environ=environ, root=root, keys=keys, ready=ready, stopping=stopping, shared=shared)
+    )
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        task.result()  # raises what stopped it
+    try:
+        yield
+    finally:
+        stopping.set()
+        await task
