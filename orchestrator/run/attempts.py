@@ -166,12 +166,11 @@ class StageJob:
     async def _execute(self) -> StageOutcome:
         run, sid, stage = self.run_, self.sid, self.stage
         try:
-            stage_input = await run.home.stage_input(sid, run.progress)
+            stage_input, recalled = await run.home.prepare(sid, run.progress, run.ran)
         except OrchestrateError as exc:
             return self._fail(exc.message)
         except Exception as exc:  # a bug building one request must fail its stage, not the run
             return self._fail(f"could not build the request: {type(exc).__name__}: {exc}")
-        recalled = await run.home.recall(sid, stage_input.fingerprint, stage_input.inputs, run.ran)
         if not isinstance(recalled, Recalled) and sid in run.ran:  # again in this run: an audit round's rework
             findings = len(run.progress.feedback.get(sid, ()))
             recalled = (
@@ -316,7 +315,7 @@ class StageJob:
             run.emit(StageRetrying(run.clock(), sid, number, error))
             if sid in run.progress.contract:  # the next try is told what was wrong with this one
                 try:
-                    stage_input = await run.home.stage_input(sid, run.progress)
+                    stage_input, _ = await run.home.prepare(sid, run.progress, run.ran)
                 except OrchestrateError as exc:
                     error = exc.message
                     break

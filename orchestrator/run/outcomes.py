@@ -225,12 +225,9 @@ class Home(Protocol):
     """Where a stage's input, its earlier output and people's decisions come from: the run's home, which holds
     its workspace and state folder. Async, so that a home in another process can answer."""
 
-    async def stage_input(self, sid: str, progress: Progress) -> StageInput:
-        """What ``sid`` sends now (raises ``OrchestrateError`` when its request can't be made)."""
-        ...
-
-    async def recall(self, sid: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
-        """Its earlier output, if it may be kept; else why it runs."""
+    async def prepare(self, sid: str, progress: Progress, ran: Set[str]) -> tuple[StageInput, Recalled | str]:
+        """What ``sid`` sends now, and its earlier output if it may keep it (else why it runs); ``ran`` are the
+        stages this run has run so far. Raises ``OrchestrateError`` when its request can't be made."""
         ...
 
     async def settled(self, sid: str, stage_input: StageInput) -> StageInput:
@@ -250,11 +247,9 @@ class LocalHome:
         self.memory = memory
         self.gates = gates
 
-    async def stage_input(self, sid: str, progress: Progress) -> StageInput:
-        return self.build(sid, progress)
-
-    async def recall(self, sid: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
-        return self.memory.recall(sid, fingerprint, inputs, ran)
+    async def prepare(self, sid: str, progress: Progress, ran: Set[str]) -> tuple[StageInput, Recalled | str]:
+        stage_input = self.build(sid, progress)
+        return stage_input, self.memory.recall(sid, stage_input.fingerprint, stage_input.inputs, ran)
 
     async def settled(self, sid: str, stage_input: StageInput) -> StageInput:
         if stage_input.settle is None:

@@ -25,7 +25,6 @@ from typing import Any
 from temporalio import activity
 
 from ..errors import OrchestrateError, StateError
-from ..fingerprint import Recalled
 from ..project import Project
 from ..run.opened import OpenedRun
 from ..run.options import PreparedRun
@@ -167,30 +166,14 @@ class HomeActivities:
             "changes": list(session.changes),
         }
 
-    @activity.defn(name="orchestrate.stage_input")
-    async def stage_input(
-        self, ticket_data: Wire, run_id: str, first: int, events: list[Wire], sid: str, progress: Wire
+    @activity.defn(name="orchestrate.prepare")
+    async def prepare(
+        self, ticket_data: Wire, run_id: str, first: int, events: list[Wire], sid: str, progress: Wire, ran: list[str]
     ) -> Wire:
         run, opened = self._opened(ticket_data, run_id, first, events)
-        stage_input = await opened.home.stage_input(sid, progress_from_wire(progress))
+        stage_input, recalled = await opened.home.prepare(sid, progress_from_wire(progress), frozenset(ran))
         run.inputs[sid] = stage_input
-        return input_to_wire(stage_input)
-
-    @activity.defn(name="orchestrate.recall")
-    async def recall(
-        self,
-        ticket_data: Wire,
-        run_id: str,
-        first: int,
-        events: list[Wire],
-        sid: str,
-        fingerprint: str,
-        inputs: Wire,
-        ran: list[str],
-    ) -> Wire:
-        _, opened = self._opened(ticket_data, run_id, first, events)
-        recalled: Recalled | str = await opened.home.recall(sid, fingerprint, inputs, frozenset(ran))
-        return recalled_to_wire(recalled)
+        return {"input": input_to_wire(stage_input), "recalled": recalled_to_wire(recalled)}
 
     @activity.defn(name="orchestrate.settled")
     async def settled(self, ticket_data: Wire, run_id: str, first: int, events: list[Wire], sid: str) -> Wire:
@@ -260,8 +243,7 @@ class HomeActivities:
     def all(self) -> list[Any]:
         return [
             self.open,
-            self.stage_input,
-            self.recall,
+            self.prepare,
             self.settled,
             self.decision,
             self.before,

@@ -101,6 +101,10 @@ class _Home:
             self.sender = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
+        # A few turns of the loop first: a stage that just finished usually releases the next one, whose call
+        # takes these events along (sleep(0) yields without a timer, so replays take the same turns).
+        for _ in range(4):
+            await asyncio.sleep(0)
         while self.pending:
             await self.call("orchestrate.record")
 
@@ -122,21 +126,20 @@ class _Home:
             self.sent += len(events)
             return result
 
-    async def stage_input(self, sid: str, progress: Progress) -> StageInput:
+    async def prepare(self, sid: str, progress: Progress, ran: Set[str]) -> tuple[StageInput, Recalled | str]:
         spec_id = sid.split("[", 1)[0]
         try:
-            data = await self.call("orchestrate.stage_input", sid, progress_to_wire(progress, self.reads[spec_id]))
+            data = await self.call(
+                "orchestrate.prepare", sid, progress_to_wire(progress, self.reads[spec_id]), sorted(ran)
+            )
         except ActivityError as exc:
             raise RunnerError(_message(exc)) from None
-        stage_input, settles = input_from_wire(data)
+        stage_input, settles = input_from_wire(data["input"])
         if settles:
             self.settles.add(sid)
         else:
             self.settles.discard(sid)
-        return stage_input
-
-    async def recall(self, sid: str, fingerprint: str, inputs: Mapping[str, str], ran: Set[str]) -> Recalled | str:
-        return recalled_from_wire(await self.call("orchestrate.recall", sid, fingerprint, dict(inputs), sorted(ran)))
+        return stage_input, recalled_from_wire(data["recalled"])
 
     async def settled(self, sid: str, stage_input: StageInput) -> StageInput:
         if sid not in self.settles:
