@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import ProjectError
 
-__all__ = ["INSTRUCTIONS_DIR", "OUTPUT_DIR", "STATE_DIR", "Project", "find_project"]
+__all__ = ["INSTRUCTIONS_DIR", "OUTPUT_DIR", "STATE_DIR", "WORKFLOWS_DIR", "Project", "find_project"]
 
 INSTRUCTIONS_DIR = "content/instructions"
 OUTPUT_DIR = "output"

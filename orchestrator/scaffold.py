@@ -1,4 +1,4 @@
-"""A new project's starting files: a starter workflow and copies of the shipped instruction templates.
+"""A new project's starting files: a starter workflow, its JSON Schema and copies of the shipped templates.
 
 Owns what ``init`` writes and the rule that it never replaces a file a user may
 have edited unless asked to. It must not print, read the working directory or
@@ -8,6 +8,7 @@ did and the CLI says it.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -23,9 +24,11 @@ __all__ = ["STARTER_WORKFLOW", "FileAction", "Scaffold", "ScaffoldFile", "defaul
 FileAction = Literal["created", "unchanged", "kept", "overwritten"]
 
 STARTER_PATH = f"{WORKFLOWS_DIR}/feature.yaml"
+SCHEMA_PATH = f"{WORKFLOWS_DIR}/workflow.schema.json"  # what the starter's first line points editors at
 GITIGNORE_LINE = f"{STATE_DIR}/"
 
 STARTER_WORKFLOW = """\
+# yaml-language-server: $schema=workflow.schema.json
 # A starter workflow: plan a feature, build backend and frontend in parallel, integrate them, audit.
 # Edit it freely; `orchestrate validate workflows/feature.yaml` checks every change.
 version: 1                    # the file format; 1 is the only one so far
@@ -125,7 +128,10 @@ def init_project(root: Path, *, force: bool = False, gitignore: bool = False) ->
     or a file can't be written.
     """
     _check_root(root)
+    from .workflow import json_schema  # pydantic's schema: only init pays for building it
+
     wanted = {STARTER_PATH: STARTER_WORKFLOW.encode()}
+    wanted[SCHEMA_PATH] = (json.dumps(json_schema(), indent=2) + "\n").encode()
     wanted.update({f"{INSTRUCTIONS_DIR}/{name}": data for name, data in default_templates().items()})
     files = tuple(_place(root, rel, data, force=force) for rel, data in wanted.items())
     ignored = _add_gitignore(root) if gitignore else None

@@ -121,12 +121,47 @@ def _project(workflow: Path, root: Path | None) -> Project:
 
 
 def _task_project(root: Path | None) -> Project:
-    """The project of the task commands: ``--root``, else the working directory."""
+    """The project of the task commands: ``--root``, else the working directory or the nearest folder above it
+    that holds task state (``docs/ai/``) or workflows (so ``status`` works from ``workflows/``, as ``run`` does)."""
     with _paused_gc():
-        from ..project import Project
+        from ..project import STATE_DIR, WORKFLOWS_DIR, Project
         from ..state.keys import key_folder
 
-    return Project((root or Path.cwd()).absolute(), keys=key_folder(os.environ))
+    if root is None:
+        here = Path.cwd().absolute()
+        found = next((d for d in (here, *here.parents) if (d / STATE_DIR).is_dir()), None)
+        found = found or next((d for d in (here, *here.parents) if (d / WORKFLOWS_DIR).is_dir()), None)
+        root = found or here
+    return Project(root.absolute(), keys=key_folder(os.environ))
+
+
+def complete_task(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion for TASK: the tasks with a state folder in the project."""
+    try:
+        state_root = _task_project(ctx.params.get("root")).state_root
+        names = sorted(p.name for p in state_root.iterdir() if p.is_dir() and (p / "state.json").exists())
+    except OSError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def complete_stage(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion for STAGE: the stages of the task named before it."""
+    import json
+
+    task = ctx.params.get("task")
+    if not task:
+        return []
+    try:
+        folder = _task_project(ctx.params.get("root")).state_root / str(task)
+        stages = json.loads((folder / "state.json").read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [sid for sid in stages if isinstance(sid, str) and sid.startswith(incomplete)]
+
+
+task_argument = click.argument("task", shell_complete=complete_task)
+stage_argument = click.argument("stage", shell_complete=complete_stage)
 
 
 def _compile(workflow: Path, root: Path | None, target: str = "all") -> Compiled:

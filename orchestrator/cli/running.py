@@ -1,4 +1,4 @@
-"""Commands about a task's run: run, plan, explain, approve, reject and status."""
+"""Commands about a task's run: run, plan, explain, approve, reject, status and history."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -26,8 +27,11 @@ from .base import (
     _shown,
     _task_project,
     cli,
+    complete_task,
     reader_gone,
     root_option,
+    stage_argument,
+    task_argument,
     task_root_option,
     workflow_argument,
 )
@@ -374,8 +378,8 @@ def _k(tokens: int) -> str:
 
 
 @cli.command()
-@click.argument("task")
-@click.argument("stage")
+@task_argument
+@stage_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation, the stage's state and its events.")
 @task_root_option
 def explain(task: str, stage: str, root: Path | None, as_json: bool) -> int:
@@ -470,8 +474,8 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool,
 
 
 @cli.command()
-@click.argument("task")
-@click.argument("stage")
+@task_argument
+@stage_argument
 @click.option("--note", default="", help="A note for the stages downstream (they see it in their prompts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded decision as JSON.")
 @task_root_option
@@ -481,8 +485,8 @@ def approve(task: str, stage: str, note: str, root: Path | None, as_json: bool) 
 
 
 @cli.command()
-@click.argument("task")
-@click.argument("stage")
+@task_argument
+@stage_argument
 @click.option("--note", default="", help="Why: shown in the state, and to the stage when it runs again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded decision as JSON.")
 @task_root_option
@@ -492,7 +496,7 @@ def reject(task: str, stage: str, note: str, root: Path | None, as_json: bool) -
 
 
 @cli.command()
-@click.argument("task")
+@task_argument
 @task_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print state.json instead of the summary.")
 def status(task: str, root: Path | None, as_json: bool) -> int:
@@ -510,4 +514,62 @@ def status(task: str, root: Path | None, as_json: bool) -> int:
     else:
         for line in summary_lines(state, _shown(folder)):
             click.echo(line)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("task", required=False, shell_complete=complete_task)
+@task_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print the runs and totals as JSON.")
+def history(task: str | None, root: Path | None, as_json: bool) -> int:
+    """Every run of TASK (default: of every task), from the event logs, with totals across runs.
+
+    \b
+    Each run: when it started, how it ended (killed: its log stops before the
+    end), its duration, requests, tokens and cost, and which stages ran or
+    were kept. state.json holds only the latest run; the event log holds all.
+    """
+    with _paused_gc():
+        from ..errors import UsageError
+        from ..params import check_task
+        from ..state.history import TaskHistory, history_of
+
+    project = _task_project(root)
+    if task is not None:
+        folders = [project.state_root / check_task(task)]
+        if not (folders[0] / "events.jsonl").exists():
+            raise UsageError(f"task {task} has no runs in {_shown(project.state_root)}", hint="orchestrate history")
+    else:
+        try:
+            folders = sorted(p for p in project.state_root.iterdir() if (p / "events.jsonl").exists())
+        except OSError:
+            folders = []
+    histories: list[TaskHistory] = [history_of(f, f.name, _shown(f)) for f in folders]
+    if as_json:
+        data: Any = histories[0].to_json() if task is not None else {"tasks": [h.to_json() for h in histories]}
+        click.echo(json.dumps(data, indent=2))
+        return EXIT_OK
+    if not histories:
+        click.echo(f"No runs yet in {_shown(project.state_root)}.")
+        return EXIT_OK
+    for number, found in enumerate(histories):
+        if number:
+            click.echo("")
+        usage = found.usage
+        cost = "cost unknown" if found.cost_usd is None else f"${found.cost_usd:.4f}"
+        click.echo(
+            f"{found.task}: {len(found.runs)} run{'s' if len(found.runs) != 1 else ''}, {found.duration:.1f} s, "
+            f"{found.requests} requests, {_k(usage.input_tokens)} in / {_k(usage.output_tokens)} out, {cost}"
+        )
+        for run in found.runs:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
+            took = f"{run.duration:.1f} s" if run.duration is not None else "-"
+            spent = "?" if run.cost_usd is None else f"${run.cost_usd:.4f}"
+            resumed = " (continued)" if run.resumed else ""
+            click.echo(
+                f"  {when}  {run.run_id}{resumed}  {run.status:<16} {took:>8}  {run.requests:>4} requests  "
+                f"{spent:>9}  ran {len(run.ran)}, kept {len(run.kept)}"
+            )
+            if run.ran:
+                click.echo(f"      ran: {', '.join(run.ran)}")
     return EXIT_OK

@@ -19,6 +19,8 @@ from .base import (
     _task_project,
     cli,
     root_option,
+    stage_argument,
+    task_argument,
     task_root_option,
     workflow_argument,
 )
@@ -131,7 +133,7 @@ def begin(
 
 
 @state.command("next")
-@click.argument("task")
+@task_argument
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @task_root_option
 def next_(task: str, as_json: bool, root: Path | None) -> int:
@@ -144,8 +146,8 @@ def next_(task: str, as_json: bool, root: Path | None) -> int:
 
 
 @state.command()
-@click.argument("task")
-@click.argument("stage")
+@task_argument
+@stage_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the subagent, prompt and output file as JSON.")
 @task_root_option
 def start(task: str, stage: str, as_json: bool, root: Path | None) -> int:
@@ -181,8 +183,8 @@ def start(task: str, stage: str, as_json: bool, root: Path | None) -> int:
 
 
 @state.command()
-@click.argument("task")
-@click.argument("stage")
+@task_argument
+@stage_argument
 @click.option("--output", "output_file", metavar="FILE", help=_OUTPUT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print where the run stands afterwards as JSON.")
 @task_root_option
@@ -209,8 +211,8 @@ def done(task: str, stage: str, output_file: str | None, root: Path | None, as_j
 
 
 @state.command()
-@click.argument("task")
-@click.argument("stage")
+@task_argument
+@stage_argument
 @click.option("--reason", required=True, help="Why it failed: shown in the state and to whoever reads it.")
 @click.option("--json", "as_json", is_flag=True, help="Print where the run stands afterwards as JSON.")
 @task_root_option
@@ -226,8 +228,8 @@ def fail(task: str, stage: str, reason: str, root: Path | None, as_json: bool) -
 
 
 @state.command()
-@click.argument("task")
-@click.argument("stage")
+@task_argument
+@stage_argument
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="Print the note as JSON.")
 @task_root_option

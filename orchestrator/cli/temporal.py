@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import OrchestrateError, UsageError
-from .base import EXIT_OK, _err, _paused_gc, _task_project, cli, quit_at_once, task_root_option
+from .base import EXIT_OK, _err, _paused_gc, _task_project, cli, quit_at_once, task_argument, task_root_option
 
 if TYPE_CHECKING:
     from ..events import Listener
@@ -240,7 +240,7 @@ def worker(
 
 
 @cli.command()
-@click.argument("task")
+@task_argument
 @task_root_option
 def cancel(task: str, root: Path | None) -> int:
     """Stop TASK's run on Temporal: stages in flight are cancelled and recorded, as Ctrl-C does to a local run."""

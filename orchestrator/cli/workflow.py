@@ -115,8 +115,15 @@ def graph(workflow: Path, root: Path | None, fmt: str) -> int:
 )
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the output folder is not up to date.")
 @click.option("--force", is_flag=True, help="Overwrite files in the output folder that orchestrate did not write.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written (or, with --check, found) as JSON.")
 def compile_(
-    workflows: tuple[Path, ...], root: Path | None, out: Path | None, target: str, check: bool, force: bool
+    workflows: tuple[Path, ...],
+    root: Path | None,
+    out: Path | None,
+    target: str,
+    check: bool,
+    force: bool,
+    as_json: bool,
 ) -> int:
     """Render every agent's instructions and write OpenCode and Claude Code agent files.
 
@@ -128,22 +135,26 @@ def compile_(
     paths = list(workflows) or _project_workflows(root)
     if out is not None and len(paths) > 1:
         raise click.UsageError("--out takes a single workflow: each workflow's files would share the folder")
+    records: list[dict[str, Any]] = []
     if len(paths) == 1:
-        outcome = _compile_one(paths[0], root, out, target, check, force, label=False)
+        outcome = _compile_one(paths[0], root, out, target, check, force, label=False, records=records, quiet=as_json)
         codes = [EXIT_OK if outcome else EXIT_FAILED]
         stale = [] if outcome else paths
     else:
         codes, stale = [], []
         for path in paths:
             try:
-                ok = _compile_one(path, root, out, target, check, force, label=True)
+                ok = _compile_one(path, root, out, target, check, force, label=True, records=records, quiet=as_json)
             except OrchestrateError as exc:
                 _show_error(exc)
+                records.append({"workflow": _shown(path.absolute()), "ok": False, "error": exc.message})
                 codes.append(exc.exit_code)
                 continue
             codes.append(EXIT_OK if ok else EXIT_FAILED)
             if not ok:
                 stale.append(path)
+    if as_json:
+        click.echo(json.dumps({"ok": all(r["ok"] for r in records), "workflows": records}, indent=2))
     if stale:
         command = " ".join(["orchestrate compile", *(_shown(p.absolute()) for p in stale)])
         if root:
@@ -186,11 +197,21 @@ def _show_error(exc: OrchestrateError) -> None:
 
 
 def _compile_one(
-    workflow: Path, root: Path | None, out: Path | None, target: str, check: bool, force: bool, *, label: bool
+    workflow: Path,
+    root: Path | None,
+    out: Path | None,
+    target: str,
+    check: bool,
+    force: bool,
+    *,
+    label: bool,
+    records: list[dict[str, Any]],
+    quiet: bool = False,
 ) -> bool:
     """Compile (or with ``check``, compare) one workflow; False when its output is stale.
 
-    ``label`` names the workflow in notes and warnings, for runs over several workflows.
+    ``label`` names the workflow in notes and warnings, for runs over several workflows; what was done is
+    appended to ``records`` (for ``--json``), and printed unless ``quiet``.
     """
     with _paused_gc():
         from ..compiler import check_output, write_output
@@ -201,22 +222,44 @@ def _compile_one(
     shown_wf = _shown(workflow.absolute())
     prefix = f"{shown_wf}: " if label else ""
     _print_notes([prefix + n for n in compiled.plan.notices], [prefix + w for w in compiled.warnings])
+    echo = (lambda line: None) if quiet else click.echo
     if check:
         report = check_output(compiled, out_dir)
+        records.append(
+            {
+                "workflow": shown_wf,
+                "output": shown_out,
+                "ok": report.ok,
+                "up_to_date": len(report.up_to_date),
+                "stale": list(report.stale),
+                "missing": list(report.missing),
+                "extra": list(report.extra),
+            }
+        )
         if report.ok:
-            click.echo(f"{shown_out}/ is up to date with {shown_wf} ({len(report.up_to_date)} files)")
+            echo(f"{shown_out}/ is up to date with {shown_wf} ({len(report.up_to_date)} files)")
             return True
-        click.echo(f"{shown_out}/ is not up to date with {shown_wf}:")
+        echo(f"{shown_out}/ is not up to date with {shown_wf}:")
         for label_, paths in (("stale", report.stale), ("missing", report.missing), ("extra", report.extra)):
             for rel in paths:
-                click.echo(f"  {label_:<8}{shown_out}/{rel}")
+                echo(f"  {label_:<8}{shown_out}/{rel}")
         return False
     result = write_output(compiled, out_dir, force=force)
+    records.append(
+        {
+            "workflow": shown_wf,
+            "output": shown_out,
+            "ok": True,
+            "written": list(result.written),
+            "unchanged": len(result.unchanged),
+            "removed": list(result.removed),
+        }
+    )
     for rel in result.written:
-        click.echo(f"  wrote    {shown_out}/{rel}")
+        echo(f"  wrote    {shown_out}/{rel}")
     for rel in result.removed:
-        click.echo(f"  removed  {shown_out}/{rel}")
-    click.echo(
+        echo(f"  removed  {shown_out}/{rel}")
+    echo(
         f"Compiled {shown_wf} → {shown_out}/: {len(result.written)} written, "
         f"{len(result.unchanged)} unchanged, {len(result.removed)} removed"
     )
