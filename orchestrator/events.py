@@ -36,6 +36,7 @@ __all__ = [
     "StageSkipped",
     "StageStarted",
     "StageSucceeded",
+    "ToolFinished",
     "from_json",
     "to_json",
 ]
@@ -94,6 +95,18 @@ class AttemptFinished:
     stage: str
     attempt: AttemptRecord
     cost_usd: float | None
+
+
+@dataclass(slots=True)
+class ToolFinished:
+    """A tool call of a stage's tool loop (for traces; the transcript has its input and result)."""
+
+    time: float
+    stage: str
+    tool: str
+    started: float
+    duration: float
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -221,6 +234,7 @@ Event = (
     | StageStarted
     | StageReused
     | AttemptFinished
+    | ToolFinished
     | BatchSubmitted
     | StageRetrying
     | StageSucceeded
@@ -240,6 +254,7 @@ _NAMES: dict[type[Any], str] = {
     StageStarted: "stage_started",
     StageReused: "stage_reused",
     AttemptFinished: "attempt_finished",
+    ToolFinished: "tool_finished",
     BatchSubmitted: "batch_submitted",
     StageRetrying: "stage_retrying",
     StageSucceeded: "stage_succeeded",

@@ -25,6 +25,7 @@ HOMES = {
     "genai_prices": {"cost.py"},
     "re2": {"tools.py"},
     "temporalio": {"temporal/"},  # runs on Temporal: the package of the temporal extra
+    "opentelemetry": {"telemetry.py"},  # traces: the otel extra
 }
 
 

@@ -38,10 +38,11 @@ from .base import (
 from .temporal import notify_decided, run_on_temporal, settings_of, temporal_options
 
 if TYPE_CHECKING:
-    from ..events import Listener
+    from ..events import Event, Listener
     from ..run.engine import RunControl
-    from ..run.options import RunRequest
+    from ..run.options import PreparedRun, RunRequest
     from ..run.session import Session
+    from ..temporal.client import Settings
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,11 @@ def run_options(func: Callable[..., int]) -> Callable[..., int]:
     help="With --temporal: don't host this checkout's home worker (an `orchestrate worker --workspace` does).",
 )
 @click.option(
+    "--otel",
+    is_flag=True,
+    help="Send a trace of the run over OTLP (on when OTEL_EXPORTER_OTLP_ENDPOINT is set; needs orchestrate[otel]).",
+)
+@click.option(
     "--no-shared",
     is_flag=True,
     help="With --temporal: leave stages that only call the model to `orchestrate worker`s.",
@@ -181,6 +187,7 @@ def run(
     tls_key: Path | None,
     no_home: bool,
     no_shared: bool,
+    otel: bool,
 ) -> int:
     """Run a workflow's stages against Claude, in parallel where the DAG allows.
 
@@ -201,9 +208,7 @@ def run(
     with _paused_gc():
         from ..console import JsonView, LiveView, PlainView
         from ..errors import UsageError
-        from ..run.engine import RunControl
-        from ..run.prepare import prepare_run, run_prepared
-        from ..state.report import summary_lines
+        from ..run.prepare import prepare_run
 
     project = _project(workflow, root)
     request = args.request(
@@ -243,6 +248,67 @@ def run(
             _err(f"note: continuing run {session.run_id}, which stopped ({session.previous.status.replace('_', ' ')})")
         for change in session.changes:
             _err(f"note: since the last run: {change}")
+
+    tracing = _tracing(otel)
+    if tracing is not None:
+        view = _Both(view, tracing[0])
+    try:
+        return _run_and_report(prepared, request, settings, queue, no_home, no_shared, view, as_json, started)
+    finally:
+        if tracing is not None:
+            tracing[1].shutdown()  # sends what is left of the trace
+
+
+def _tracing(asked: bool) -> tuple[Listener, Any] | None:
+    """A trace listener and its provider, when ``--otel`` or an OTLP endpoint in the environment asks for one."""
+    import importlib.util
+
+    from ..errors import UsageError
+
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if not asked and not endpoint:
+        return None
+    if importlib.util.find_spec("opentelemetry.sdk") is None:
+        if asked:
+            raise UsageError(
+                "--otel needs the otel extra, which is not installed", hint="pip install 'orchestrate[otel]'"
+            )
+        _err("note: OTEL_EXPORTER_OTLP_ENDPOINT is set, but orchestrate[otel] is not installed: no trace is sent")
+        return None
+    with _paused_gc():
+        from ..telemetry import TraceListener, tracer_provider
+
+    provider = tracer_provider()
+    return TraceListener(provider), provider
+
+
+class _Both:
+    """Events to the view and to the trace."""
+
+    def __init__(self, *listeners: Listener) -> None:
+        self.listeners = listeners
+
+    def on_event(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener.on_event(event)
+
+
+def _run_and_report(
+    prepared: PreparedRun,
+    request: RunRequest,
+    settings: Settings | None,
+    queue: str,
+    no_home: bool,
+    no_shared: bool,
+    view: Listener,
+    as_json: bool,
+    started: Callable[[Session], None],
+) -> int:
+    """Run here or on Temporal, then print the summary; the exit code."""
+    with _paused_gc():
+        from ..run.engine import RunControl
+        from ..run.prepare import run_prepared
+        from ..state.report import summary_lines
 
     if settings is not None:
         command = shlex.join(["orchestrate", *sys.argv[1:]])

@@ -30,6 +30,7 @@ from ..events import (
     StageSkipped,
     StageStarted,
     StageSucceeded,
+    ToolFinished,
 )
 from ..fingerprint import Recalled, digest
 from ..graph import Plan
@@ -396,6 +397,9 @@ def stage_meter(
     def batched(batch_id: str, custom_id: str) -> None:
         run.emit(BatchSubmitted(run.clock(), sid, batch_id, custom_id, fingerprint))
 
+    def tool(name: str, started: float, duration: float, error: str | None) -> None:
+        run.emit(ToolFinished(run.clock(), sid, name, started, round(duration, 3), error))
+
     async def hold() -> float:
         allowance = await purse.hold_rest()
         held[0] = 0.0 if allowance == float("inf") else allowance
@@ -414,6 +418,7 @@ def stage_meter(
         batched,
         (pending[1], pending[2]) if pending is not None and pending[0] == fingerprint else None,
         hold if purse.limited or stage_budget is not None else None,
+        tool,
     )
     return meter, release
 

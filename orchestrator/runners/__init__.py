@@ -13,12 +13,14 @@ with tools in a confined workspace; imported only when used), ``shell`` (a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import RunnerError
 
 __all__ = [
+    "TRACEPARENT",
     "AttemptRecord",
     "AttemptReporter",
     "BudgetExhausted",
@@ -30,6 +32,10 @@ __all__ = [
     "StageResult",
     "Usage",
 ]
+
+# The W3C trace context of the stage running in this task, when the run is traced: an agent CLI gets it as
+# TRACEPARENT, so its own telemetry joins the run's trace. Set by the trace listener as the stage starts.
+TRACEPARENT: ContextVar[str | None] = ContextVar("TRACEPARENT", default=None)
 
 
 @dataclass(slots=True)  # a value: never changed once made (slotted, not frozen, for speed)
@@ -150,13 +156,15 @@ class Meter:
     interrupted run can collect it; ``batch`` is one an earlier run submitted for this very request.
     ``hold`` is for a try that runs where ``reserve`` can't be called (another process): it holds all the
     room the budgets leave, once no other request holds any, and returns it as the try's allowance (USD,
-    ``inf`` when no budget is in force); the try's first reported attempt settles the hold."""
+    ``inf`` when no budget is in force); the try's first reported attempt settles the hold. ``tool`` is told of
+    each tool call a tool loop made: its name, when it started, how long it took, and its error if it failed."""
 
     report: AttemptReporter
     reserve: Callable[[int, int, bool], Awaitable[None]] | None = None
     batched: Callable[[str, str], None] | None = None
     batch: tuple[str, str] | None = None  # (batch id, custom id)
     hold: Callable[[], Awaitable[float]] | None = None
+    tool: Callable[[str, float, float, str | None], None] | None = None
 
     def __call__(self, attempt: AttemptRecord) -> None:
         self.report(attempt)

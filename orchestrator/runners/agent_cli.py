@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 from ..contracts import parse_structured
 from ..errors import UsageError
 from ..workspace import end_group, signal_group
-from . import AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult, Usage
+from . import TRACEPARENT, AttemptRecord, AttemptReporter, StageFailure, StageRequest, StageResult, Usage
 
 __all__ = ["CLI_COMMANDS", "CLI_PACKAGES", "ClaudeCodeRunner", "CliAgent", "OpenCodeRunner", "find_cli"]
 
@@ -165,6 +165,9 @@ class _CliRunner:
 
             problem, code = None, 0
             try:
+                traceparent = TRACEPARENT.get()
+                if traceparent is not None:  # the CLI's own telemetry joins the run's trace
+                    env = {**env, "TRACEPARENT": traceparent}
                 code = await _execute(argv, env, self.root, folder, self.timeout)
             except asyncio.CancelledError:
                 report(record(self._parse(_read(folder / "stdout")), "cancelled"))

@@ -162,11 +162,14 @@ class AnthropicRunner:
                 break  # no turn is left to show the model what these calls would do: don't make them
             results = []
             for call in calls:
+                started, clock = time.time(), time.monotonic()
                 if call.name not in request.tools:
                     text_reply, is_error = f"there is no tool {call.name!r} in this stage", True
                 else:
                     reply = await call_tool(workspace, call.name, call.input)
                     text_reply, is_error = reply.text, reply.is_error
+                if meter.tool is not None:
+                    meter.tool(call.name, started, time.monotonic() - clock, text_reply[:200] if is_error else None)
                 results.append(
                     {"type": "tool_result", "tool_use_id": call.id, "content": text_reply, "is_error": is_error}
                 )

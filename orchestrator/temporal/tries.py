@@ -100,6 +100,7 @@ class TryActivities:
             runner = self._shared_runner()
         attempts: list[AttemptRecord] = []
         batches: list[list[str]] = []
+        tools: list[list[Any]] = []
         pricing = Pricing(spec["pricing"])
         allowance = spec["allowance"]
         used = [0.0]
@@ -121,12 +122,16 @@ class TryActivities:
         def batched(batch_id: str, custom_id: str) -> None:
             batches.append([batch_id, custom_id])
 
+        def tool(name: str, started: float, duration: float, error: str | None) -> None:
+            tools.append([name, started, duration, error])
+
         pending = spec.get("batch")
         meter = Meter(
             report,
             reserve if allowance is not None else None,
             batched,
             (pending[0], pending[1]) if pending else None,
+            tool=tool,
         )
         work = asyncio.create_task(runner.run(request, meter))
         try:
@@ -149,6 +154,7 @@ class TryActivities:
             "stop_reason": result.stop_reason,
             "attempts": [*lost, *(attempt_to_wire(a) for a in attempts)],
             "batches": batches,
+            "tools": tools,
             "worker": self.name,
         }
 

@@ -238,6 +238,9 @@ class _Executor:
                 raise RunnerError(details["message"]) from None
             raise RunnerError(f"the try was lost: {_message(exc)}") from None
         self._report(meter, result["attempts"], result["batches"])
+        if meter.tool is not None:
+            for name, started, duration, error in result.get("tools", []):
+                meter.tool(name, started, duration, error)
         return StageResult(result["output"], result["data"], result["stop_reason"])
 
     @staticmethod
