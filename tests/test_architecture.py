@@ -16,7 +16,7 @@ HOMES = {
     "click": {"cli/"},  # the command-line package
     "yaml": {"loader.py", "agent_config.py"},
     "networkx": {"graph.py"},
-    "jinja2": {"render/sandbox.py", "render/checks.py", "render/renderer.py"},
+    "jinja2": {"render/sandbox.py", "render/checks.py", "render/renderer.py", "ui/pages.py"},  # ui: its own pages
     "anthropic": {"runners/anthropic.py"},
     "rich": {"console.py"},
     "jsonschema": {"contracts.py"},
@@ -26,6 +26,9 @@ HOMES = {
     "re2": {"tools.py"},
     "temporalio": {"temporal/"},  # runs on Temporal: the package of the temporal extra
     "opentelemetry": {"telemetry.py"},  # traces: the otel extra
+    "starlette": {"ui/app.py"},  # the dashboard: the ui extra
+    "uvicorn": {"ui/app.py"},
+    "markdown_it": {"ui/pages.py"},
 }
 
 

@@ -7,9 +7,9 @@ one area to the group when it is imported.
 
 from __future__ import annotations
 
-from . import authoring, running, state, temporal, workflow
+from . import authoring, running, state, temporal, ui, workflow
 from .base import cli, main
 
 __all__ = ["cli", "main"]
 
-del authoring, running, state, temporal, workflow  # imported for the commands they register
+del authoring, running, state, temporal, ui, workflow  # imported for the commands they register
