@@ -180,9 +180,12 @@ def notify_decided(folder: Path) -> str | None:
     try:
         _import_temporal()
         with _paused_gc():
-            from ..temporal.client import signal_run
+            from ..temporal.client import NotRunning, signal_run
 
-        workflow_id = asyncio.run(signal_run(folder, "decided", os.environ.get(API_KEY_ENV) or None))
+        try:
+            workflow_id = asyncio.run(signal_run(folder, "decided", os.environ.get(API_KEY_ENV) or None))
+        except NotRunning:
+            return None  # an earlier run's note: the run that waits is a local one
     except OrchestrateError as exc:
         return f"note: couldn't tell the run on Temporal ({exc.message}); it looks for decisions every 30 s"
     return f"Sent to the run on Temporal ({workflow_id})."

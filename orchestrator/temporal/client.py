@@ -36,9 +36,13 @@ from ..run.options import PreparedRun
 from .ticket import Ticket
 from .worker import serving
 
-__all__ = ["NOTE_FILE", "Settings", "connect", "follow_run", "read_note", "signal_run"]
+__all__ = ["NOTE_FILE", "NotRunning", "Settings", "connect", "follow_run", "read_note", "signal_run"]
 
 NOTE_FILE = "temporal.json"
+
+
+class NotRunning(UsageError):
+    """The task's workflow on Temporal has ended (or never started)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,8 @@ async def _follow(
 
 async def signal_run(folder: Path, signal: str, api_key: str | None = None) -> str:
     """Send ``signal`` (``decided`` or ``stop``) to the task's workflow, reached as its note says (``api_key``:
-    for a server that wants one); the workflow id it went to."""
+    for a server that wants one); the workflow id it went to. Raises ``UsageError`` when there is no note or
+    its workflow is not running (``NotRunning``)."""
     note = read_note(folder)
     if note is None:
         raise UsageError(f"{folder} has no run on Temporal ({NOTE_FILE} is missing)")
@@ -220,6 +225,6 @@ async def signal_run(folder: Path, signal: str, api_key: str | None = None) -> s
     client = await connect(settings)
     handle: WorkflowHandle[Any, Any] = client.get_workflow_handle(str(note["workflow_id"]))
     if not await _running(handle):
-        raise UsageError(f"the run of {folder.name} on Temporal ({note['workflow_id']}) is not running")
+        raise NotRunning(f"the run of {folder.name} on Temporal ({note['workflow_id']}) is not running")
     await handle.signal(signal)
     return str(note["workflow_id"])

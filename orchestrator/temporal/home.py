@@ -236,8 +236,9 @@ class HomeActivities:
     async def close(self, ticket_data: Wire) -> None:
         ticket = Ticket.from_wire(ticket_data)
         run = self.runs.runs.get(ticket.workflow_id)
-        if run is not None:
+        if run is not None:  # the run is over: nothing is left to signal or to skip
             _progress_file(run.prepared).unlink(missing_ok=True)
+            (run.prepared.folder / "temporal.json").unlink(missing_ok=True)
         await self.runs.close(ticket)
 
     def all(self) -> list[Any]:
