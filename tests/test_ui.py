@@ -123,6 +123,7 @@ def test_the_task_list_shows_every_task_and_sorts(project: TempProject, dashboar
     page.wait_for_url(dashboard.url + "/tasks/add-login")
     assert page.locator("svg.graph g.node").count() == 5
     assert page.locator("svg.graph g.node[data-status=succeeded]").count() == 5
+    assert page.locator("#history tr").count() == 2  # its one run, under the heading row
     _shot(page, "task.png")
 
 
