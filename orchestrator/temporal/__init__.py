@@ -7,7 +7,7 @@ it. Its modules:
 - ``ticket``: what a run is started with, and its workflow id and queue names;
 - ``wire``: the JSON values that cross between workflow and activities;
 - ``workflow``: ``RunWorkflow``, the engine and scheduler of a local run with
-  tries as activities and the checkout's questions as local activities;
+  tries as activities and the checkout's questions as activities on its home;
 - ``home``: the worker that holds the checkout, and the activities it answers;
 - ``tries``: one try of a stage as an activity, on any worker, heartbeating;
 - ``worker``: a worker process (the shared queue, and a checkout's home queue);

@@ -5,7 +5,7 @@ folder run on its home worker (its queue is named after the checkout). For
 each run it hosts, ``HomeRuns`` keeps a ``HomeRun``: the prepared run, checked
 against the ticket's pin, and, once opened, the ``OpenedRun`` a local run would
 make (lock, session, state store, guard, request builder, memo, gates,
-runners). ``HomeActivities`` are the workflow's local activities over them:
+runners). ``HomeActivities`` are the activities the workflow asks them through:
 open and close the run, build a stage's input, recall an earlier output,
 settle an input after the stage acted, look up a decision, snapshot and check
 the workspace around a try, and record events into the state folder. A home
@@ -126,7 +126,7 @@ def _instance(data: Wire | None) -> Instance | None:
 
 
 class HomeActivities:
-    """The local activities of runs on this home (see the module docstring)."""
+    """The activities of runs on this home (see the module docstring)."""
 
     def __init__(self, runs: HomeRuns) -> None:
         self.runs = runs

@@ -7,8 +7,8 @@ seams are what change:
 - ``TemporalExecutor`` sends each try to an activity: a stage that only calls
   the model goes to the shared queue (any worker), one that acts on the
   workspace (tools, commands, agent CLIs, offline replies) to the home queue;
-- ``TemporalHome`` and ``TemporalGuard`` ask the home worker, through local
-  activities, for stage inputs, kept outputs, settled inputs, decisions and
+- the home seam and the guard ask the home worker, through activities on its
+  queue, for stage inputs, kept outputs, settled inputs, decisions and
   workspace checks: everything that reads the checkout is recorded in the
   workflow's history, so a replay asks nothing again;
 - the ``if``, ``foreach`` and write scopes are pure functions of the compiled
@@ -68,8 +68,25 @@ __all__ = ["HOMES", "RunWorkflow"]
 # The homes this process hosts, by checkout (set by the worker): the workflow runs on its home worker only.
 HOMES: dict[str, HomeRuns] = {}
 
-_LOCAL = timedelta(minutes=10)
-_LOCAL_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["PinError", "StateError", "UsageError"])
+_HOME_TIMEOUT = timedelta(minutes=2)  # a home that died mid-call is asked again after this
+_HOME_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["PinError", "StateError", "UsageError"])
+
+
+async def _on_home(ticket: Ticket, name: str, *args: Any) -> Any:
+    """An activity on the run's home queue: the worker that holds the checkout answers it.
+
+    Regular activities, not local ones: each is scheduled and completed in the workflow's history, so a
+    replay meets them in the order they were asked even while several stages ask at once (local activities'
+    markers follow completion order, which a replay can't reproduce)."""
+    return await workflow.execute_activity(
+        name,
+        args=list(args),
+        task_queue=ticket.home_queue,
+        start_to_close_timeout=_HOME_TIMEOUT,
+        retry_policy=_HOME_RETRY,
+    )
+
+
 POLL = 30.0  # seconds between looks for decisions nobody signalled (the ``decided`` signal comes at once)
 TICK = 5.0  # the timeout watchdog's longest sleep: every sleep is a timer in the workflow's history
 
@@ -80,11 +97,12 @@ def _message(exc: BaseException) -> str:
 
 
 class _Home:
-    """Asks the home worker through local activities (the seam ``outcomes.Home``); each call first hands the
-    home the events not yet recorded, so most events reach the state folder without a call of their own."""
+    """Asks the home worker through activities on its queue (the seam ``outcomes.Home``); each call first hands
+    the home the events not yet recorded, so most events reach the state folder without a call of their own."""
 
-    def __init__(self, ticket: Wire, run_id: str, reads: Mapping[str, Set[str]]) -> None:
-        self.ticket = ticket
+    def __init__(self, ticket: Ticket, run_id: str, reads: Mapping[str, Set[str]]) -> None:
+        self.home_ticket = ticket
+        self.ticket = ticket.to_wire()
         self.run_id = run_id
         self.reads = reads  # the stages whose outcomes each stage's request reads
         self.settles: set[str] = set()
@@ -112,17 +130,11 @@ class _Home:
         await workflow.wait_condition(lambda: not self.pending and (self.sender is None or self.sender.done()))
 
     async def call(self, name: str, *args: Any) -> Any:
-        # One at a time, in the order asked: local activities running side by side complete in whatever order
-        # the home finishes them, and a replay would then meet their markers in another order than it asks.
+        # One at a time, in the order asked: the home writes the events each call carries in order.
         async with self.turn:
             first, events = self.sent, self.pending
             self.pending = []
-            result = await workflow.execute_local_activity(
-                name,
-                args=[self.ticket, self.run_id, first, events, *args],
-                start_to_close_timeout=_LOCAL,
-                retry_policy=_LOCAL_RETRY,
-            )
+            result = await _on_home(self.home_ticket, name, self.ticket, self.run_id, first, events, *args)
             self.sent += len(events)
             return result
 
@@ -280,9 +292,7 @@ class RunWorkflow:
         if homes is None:  # a workflow task reached a worker that is not this checkout's home
             raise ApplicationError(f"this worker is not the home of {ticket.root}", type="NotHome")
         try:
-            opened = await workflow.execute_local_activity(
-                "orchestrate.open", ticket_data, start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
-            )
+            opened = await _on_home(ticket, "orchestrate.open", ticket_data)
         except ActivityError as exc:
             return {"status": "error", "error": _message(exc)}
         home = homes.prepared(ticket)
@@ -296,7 +306,7 @@ class RunWorkflow:
             else {*plan.stages[sid].needs, *renderer.checker.stages_read(sid)}
             for sid in plan.order
         }
-        self.home = link = _Home(ticket_data, opened["run_id"], reads)
+        self.home = link = _Home(ticket, opened["run_id"], reads)
         scopes = WorkspaceGuard(
             plan,
             prepared.root,
@@ -332,9 +342,7 @@ class RunWorkflow:
             )
         finally:
             await link.drained()
-            await workflow.execute_local_activity(
-                "orchestrate.close", ticket_data, start_to_close_timeout=_LOCAL, retry_policy=_LOCAL_RETRY
-            )
+            await _on_home(ticket, "orchestrate.close", ticket_data)
         return {
             "status": outcome.status,
             "note": outcome.note,
