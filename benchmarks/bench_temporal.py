@@ -100,9 +100,9 @@ async def on_temporal(path: Path, task: str, settings: Settings) -> float:
     prepared = prepare_workflow(path, request)
     ticket = Ticket.of(prepared, request, QUEUE, 10.0)
     start = time.perf_counter()
-    followed = await follow_run(prepared, ticket, settings, listeners=[], environ=os.environ, host=False)
+    result = await follow_run(prepared, ticket, settings, listeners=[], environ=os.environ, host=False)
     elapsed = time.perf_counter() - start
-    assert followed.result is not None and followed.result["status"] == "succeeded", followed.result
+    assert result is not None and result["status"] == "succeeded", result
     return elapsed
 
 

@@ -135,6 +135,16 @@ def _task_project(root: Path | None) -> Project:
     return Project(root.absolute(), keys=key_folder(os.environ))
 
 
+def user_name() -> str:
+    """Who is deciding or noting, as the operating system names them ("" when it can't say)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
 def complete_task(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion for TASK: the tasks with a state folder in the project."""
     try:

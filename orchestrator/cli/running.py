@@ -33,12 +33,13 @@ from .base import (
     stage_argument,
     task_argument,
     task_root_option,
+    user_name,
     workflow_argument,
 )
 from .temporal import notify_decided, run_on_temporal, settings_of, temporal_options
 
 if TYPE_CHECKING:
-    from ..events import Event, Listener
+    from ..events import Listener
     from ..run.engine import RunControl
     from ..run.options import PreparedRun, RunRequest
     from ..run.session import Session
@@ -250,10 +251,9 @@ def run(
             _err(f"note: since the last run: {change}")
 
     tracing = _tracing(otel)
-    if tracing is not None:
-        view = _Both(view, tracing[0])
+    listeners = [view] if tracing is None else [view, tracing[0]]
     try:
-        return _run_and_report(prepared, request, settings, queue, no_home, no_shared, view, as_json, started)
+        return _run_and_report(prepared, request, settings, queue, no_home, no_shared, listeners, as_json, started)
     finally:
         if tracing is not None:
             tracing[1].shutdown()  # sends what is left of the trace
@@ -282,17 +282,6 @@ def _tracing(asked: bool) -> tuple[Listener, Any] | None:
     return TraceListener(provider), provider
 
 
-class _Both:
-    """Events to the view and to the trace."""
-
-    def __init__(self, *listeners: Listener) -> None:
-        self.listeners = listeners
-
-    def on_event(self, event: Event) -> None:
-        for listener in self.listeners:
-            listener.on_event(event)
-
-
 def _run_and_report(
     prepared: PreparedRun,
     request: RunRequest,
@@ -300,7 +289,7 @@ def _run_and_report(
     queue: str,
     no_home: bool,
     no_shared: bool,
-    view: Listener,
+    listeners: list[Listener],
     as_json: bool,
     started: Callable[[Session], None],
 ) -> int:
@@ -313,7 +302,14 @@ def _run_and_report(
     if settings is not None:
         command = shlex.join(["orchestrate", *sys.argv[1:]])
         result = run_on_temporal(
-            prepared, request, settings, queue=queue, host=not no_home, shared=not no_shared, view=view, command=command
+            prepared,
+            request,
+            settings,
+            queue=queue,
+            host=not no_home,
+            shared=not no_shared,
+            listeners=listeners,
+            command=command,
         )
         if result is None:
             return EXIT_INTERRUPTED
@@ -321,7 +317,7 @@ def _run_and_report(
     else:
         control = RunControl()
         with _signals_stop(control):
-            outcome = run_prepared(prepared, listeners=[view], control=control, on_start=started)
+            outcome = run_prepared(prepared, listeners=listeners, control=control, on_start=started)
         status = outcome.status
     if not as_json and prepared.repository.exists():
         from ..state.repository import recover_state
@@ -504,7 +500,6 @@ def _signals_stop(control: RunControl) -> Iterator[None]:
 
 def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool, as_json: bool) -> int:
     with _paused_gc():
-        import getpass
         import time
 
         from ..params import check_task
@@ -516,13 +511,10 @@ def _decide(task: str, stage: str, note: str, root: Path | None, approved: bool,
     folder = project.state_root / check_task(task)
     shown = _shown(folder)
     state = recover_state(folder, display=shown)
-    try:
-        by = getpass.getuser()
-    except (KeyError, OSError):
-        by = ""
     key = approval_key(project.keys)
-    now = time.time()
-    record = record_decision(folder, state, stage, approved=approved, note=note, by=by, now=now, display=shown, key=key)
+    record = record_decision(
+        folder, state, stage, approved=approved, note=note, by=user_name(), now=time.time(), display=shown, key=key
+    )
     what = "approved" if record.approved else "rejected"
     if as_json:
         decision = {"task": task, "stage": stage, "decision": what, "note": note, "by": record.by}

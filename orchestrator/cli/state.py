@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from .base import (
     stage_argument,
     task_argument,
     task_root_option,
+    user_name,
     workflow_argument,
 )
 
@@ -47,13 +47,6 @@ def state() -> None:
     `orchestrate run`, one command at a time under the task's lock, and refuse
     (exit 2) what the workflow's DAG forbids.
     """
-
-
-def _by() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 def _show(step: Step, as_json: bool) -> None:
@@ -238,7 +231,7 @@ def note(task: str, stage: str, text: str, root: Path | None, as_json: bool) -> 
     with _paused_gc():
         from ..run.manual import note_stage
 
-    step = note_stage(_task_project(root), task, stage, text, by=_by())
+    step = note_stage(_task_project(root), task, stage, text, by=user_name())
     if as_json:
         noted = step.state.stages[stage].notes[-1]
         record = {"task": task, "stage": stage, "note": noted.text, "by": noted.by, "time": noted.time}

@@ -11,13 +11,15 @@ import asyncio
 import importlib.util
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import OrchestrateError, UsageError
+from ..state.repository import FileRepository
 from .base import EXIT_OK, _err, _paused_gc, _task_project, cli, quit_at_once, task_argument, task_root_option
 
 if TYPE_CHECKING:
@@ -100,6 +102,19 @@ def settings_of(address: str, namespace: str, tls: bool, tls_cert: Path | None, 
     return Settings(address, namespace, tls or tls_cert is not None, tls_cert, tls_key, api_key)
 
 
+@contextmanager
+def _on_signals(action: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``action`` on the running loop while the block runs."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, action)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def _heartbeat() -> float:
     raw = os.environ.get(HEARTBEAT_ENV, "10")
     try:
@@ -119,11 +134,11 @@ def run_on_temporal(
     queue: str,
     host: bool,
     shared: bool,
-    view: Listener,
+    listeners: list[Listener],
     command: str,
 ) -> dict[str, Any] | None:
-    """Run (or attach to) the task on Temporal, showing its events on ``view``; its result, or None when the
-    user stopped following (Ctrl-C: the run carries on)."""
+    """Run (or attach to) the task on Temporal, passing its events to ``listeners``; its result, or None when
+    the user stopped following (Ctrl-C: the run carries on)."""
     with _paused_gc():
         from ..temporal.client import follow_run
         from ..temporal.ticket import Ticket
@@ -134,40 +149,33 @@ def run_on_temporal(
         if again:
             _err(f"note: task {prepared.task} is already running on Temporal: following it")
 
-    async def go() -> Any:
+    async def go() -> dict[str, Any] | None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
 
         def interrupted() -> None:
             _err("\nStopped following. The run carries on on Temporal.")
             stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, interrupted)
-        try:
+        with _on_signals(interrupted):
             return await follow_run(
                 prepared,
                 ticket,
                 settings,
-                listeners=[view],
+                listeners=listeners,
                 environ=request.environ,
                 host=host,
                 shared=shared,
                 stop_following=stop,
                 on_attach=attached,
             )
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
-    followed = asyncio.run(go())
-    if followed.result is None:
+    result = asyncio.run(go())
+    if result is None:
         _err(f"  follow it again: {command}")
         _err(f"  stop it:         orchestrate cancel {prepared.task}")
         if host:
             _err("  its stages that act on this checkout wait until a home worker serves it again")
         return None
-    result: dict[str, Any] = followed.result
     if result.get("status") == "error":
         raise OrchestrateError(str(result.get("error")))
     return result
@@ -175,7 +183,7 @@ def run_on_temporal(
 
 def notify_decided(folder: Path) -> str | None:
     """Tell a run on Temporal that a decision on one of its gates was recorded; what to print about it."""
-    if not (folder / "temporal.json").exists():
+    if not FileRepository(folder).temporal_note.exists():
         return None
     try:
         _import_temporal()
@@ -227,16 +235,14 @@ def worker(
     async def go() -> None:
         client = await connect(settings)
         stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
         home = project.root if project is not None else None
         async with serving(
             client, queue=queue, environ=dict(os.environ), root=home, keys=project.keys if project else None
         ):
             where = f" and the home of {home}" if home is not None else ""
             _err(f"worker serving queue {queue!r}{where} on {temporal} (Ctrl-C stops it)")
-            await stopping.wait()
+            with _on_signals(stopping.set):
+                await stopping.wait()
 
     asyncio.run(go())
     return EXIT_OK
@@ -251,7 +257,7 @@ def cancel(task: str, root: Path | None) -> int:
         from ..params import check_task
 
     folder = _task_project(root).state_root / check_task(task)
-    if not (folder / "temporal.json").exists():
+    if not FileRepository(folder).temporal_note.exists():
         raise UsageError(
             f"task {task} has no run on Temporal here",
             hint="a local run stops with Ctrl-C in its terminal",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -11,13 +10,15 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from .base import EXIT_OK, _err, _paused_gc, _shown, _task_project, cli, quit_at_once, task_root_option
+from .base import EXIT_OK, _err, _paused_gc, _shown, _task_project, cli, quit_at_once, task_root_option, user_name
 from .temporal import notify_decided
 
 TOKEN_ENV = "ORCHESTRATE_UI_TOKEN"
 
 
 def _loopback(host: str) -> bool:
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
@@ -53,7 +54,7 @@ def ui(port: int, host: str, read_only: bool, root: Path | None) -> int:
 
     project = _task_project(root)
     token = None if _loopback(host) else (os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24))
-    app = make_app(project.state_root, Access(token, read_only, project.keys, notify_decided))
+    app = make_app(project.state_root, Access(token, read_only, project.keys, user_name(), notify_decided))
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     _err(f"orchestrate ui: {_shown(project.state_root)} at {url} (Ctrl-C stops it)")

@@ -36,7 +36,7 @@ from .session import Session, initial_state, inside, load_previous, start_sessio
 if TYPE_CHECKING:
     from ..runners.agent_cli import CliAgent
 
-__all__ = ["OpenedRun", "RunnerChoice", "engine_options"]
+__all__ = ["OpenedRun", "RunnerChoice", "engine_options", "workspace_guard"]
 
 
 @dataclass
@@ -95,15 +95,7 @@ class OpenedRun:
             lock.release()
             raise
         plan = prepared.compiled.plan
-        guard = WorkspaceGuard(
-            plan,
-            prepared.root,
-            prepared.compiled.renderer,
-            params=prepared.params,
-            task=prepared.task,
-            ignore=inside(prepared.root, prepared.folder.parent, prepared.record),
-            acting=not prepared.offline,
-        )
+        guard = workspace_guard(prepared)
         home = LocalHome(
             request_builder(prepared, session.rejected, session.workspace), session.memo, session.approvals
         )
@@ -129,6 +121,19 @@ class OpenedRun:
             self.store.close()
         finally:
             self.lock.release()
+
+
+def workspace_guard(prepared: PreparedRun) -> WorkspaceGuard:
+    """The run's write scopes and output checks, blind to the state folders and a --record folder."""
+    return WorkspaceGuard(
+        prepared.compiled.plan,
+        prepared.root,
+        prepared.compiled.renderer,
+        params=prepared.params,
+        task=prepared.task,
+        ignore=inside(prepared.root, prepared.folder.parent, prepared.record),
+        acting=not prepared.offline,
+    )
 
 
 def engine_options(prepared: PreparedRun, run_id: str, spent_usd: float, round: int, resumed: bool) -> EngineOptions:

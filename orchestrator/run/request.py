@@ -24,7 +24,15 @@ from ..runners import ShellCommand, StageRequest
 from ..runners.registry import kind_of
 from .outcomes import Progress, StageInput
 
-__all__ = ["RunInputs", "decide_condition", "foreach_items", "request_builder", "run_time_values", "workspace_section"]
+__all__ = [
+    "RunInputs",
+    "decide_condition",
+    "foreach_items",
+    "outcomes_read",
+    "request_builder",
+    "run_time_values",
+    "workspace_section",
+]
 
 from ..compiler import Compiled
 
@@ -80,6 +88,15 @@ def _stage_values(prepared: RunInputs, names: set[str], progress: Progress) -> d
             "status": outcome.status,
         }
     return out
+
+
+def outcomes_read(prepared: RunInputs, spec_id: str) -> set[str]:
+    """The stages whose outcomes a stage's request reads: its needs and the stages its prompt names (the audit:
+    every stage)."""
+    plan = prepared.compiled.plan
+    if spec_id == plan.audit_stage:
+        return set(plan.order)
+    return set(plan.stages[spec_id].needs) | set(prepared.compiled.renderer.checker.stages_read(spec_id))
 
 
 def run_time_values(prepared: RunInputs, sid: str, spec_id: str, progress: Progress) -> dict[str, Any]:

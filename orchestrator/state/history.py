@@ -16,7 +16,7 @@ from typing import Any
 
 from ..events import AttemptFinished, Event, RunFinished, RunStarted, StageReused, StageStarted
 from ..runners import Usage
-from .model import timestamp
+from .model import Tokens, timestamp
 from .repository import FileRepository
 
 __all__ = ["RunEntry", "TaskHistory", "history_of", "runs_of"]
@@ -48,12 +48,7 @@ class RunEntry:
             "duration": self.duration,
             "requests": self.requests,
             "attempts": self.attempts,
-            "tokens": {
-                "input": self.usage.input_tokens,
-                "output": self.usage.output_tokens,
-                "cache_read": self.usage.cache_read_tokens,
-                "cache_write": self.usage.cache_write_tokens,
-            },
+            "tokens": Tokens.of(self.usage).model_dump(),
             "cost_usd": self.cost_usd,
             "ran": self.ran,
             "kept": self.kept,
@@ -87,7 +82,6 @@ class TaskHistory:
         return round(sum(run.duration or 0.0 for run in self.runs), 3)
 
     def to_json(self) -> dict[str, Any]:
-        usage = self.usage
         return {
             "task": self.task,
             "runs": [run.to_json() for run in self.runs],
@@ -95,12 +89,7 @@ class TaskHistory:
                 "runs": len(self.runs),
                 "duration": self.duration,
                 "requests": self.requests,
-                "tokens": {
-                    "input": usage.input_tokens,
-                    "output": usage.output_tokens,
-                    "cache_read": usage.cache_read_tokens,
-                    "cache_write": usage.cache_write_tokens,
-                },
+                "tokens": Tokens.of(self.usage).model_dump(),
                 "cost_usd": self.cost_usd,
             },
         }

@@ -209,6 +209,16 @@ class FileRepository:
         return self.folder / REPORT_FILE
 
     @property
+    def temporal_note(self) -> Path:
+        """Where a run on Temporal is (server, namespace, workflow id), while it lasts."""
+        return self.folder / "temporal.json"
+
+    @property
+    def temporal_recorded(self) -> Path:
+        """How many of a run on Temporal's events its home has written (a restarted home skips those)."""
+        return self.folder / ".temporal-recorded"
+
+    @property
     def stages(self) -> Path:
         """Outputs and transcripts of stages."""
         return self.folder / STAGES_DIR

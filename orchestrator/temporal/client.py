@@ -33,12 +33,11 @@ from ..errors import UsageError
 from ..events import Listener, from_json
 from ..fileio import atomic_write
 from ..run.options import PreparedRun
+from ..state.repository import FileRepository
 from .ticket import Ticket
 from .worker import serving
 
-__all__ = ["NOTE_FILE", "NotRunning", "Settings", "connect", "follow_run", "read_note", "signal_run"]
-
-NOTE_FILE = "temporal.json"
+__all__ = ["NotRunning", "Settings", "connect", "follow_run", "read_note", "signal_run"]
 
 
 class NotRunning(UsageError):
@@ -111,7 +110,7 @@ async def connect(settings: Settings) -> Client:
 def read_note(folder: Path) -> dict[str, Any] | None:
     """The ``temporal.json`` note a run on Temporal left in ``folder``, if any."""
     try:
-        data = json.loads((folder / NOTE_FILE).read_text(encoding="utf-8"))
+        data = json.loads(FileRepository(folder).temporal_note.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and "workflow_id" in data else None
@@ -120,7 +119,7 @@ def read_note(folder: Path) -> dict[str, Any] | None:
 def _write_note(folder: Path, settings: Settings, workflow_id: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     note = {**settings.note(), "workflow_id": workflow_id}
-    atomic_write(folder / NOTE_FILE, (json.dumps(note, indent=2) + "\n").encode("utf-8"))
+    atomic_write(FileRepository(folder).temporal_note, (json.dumps(note, indent=2) + "\n").encode("utf-8"))
 
 
 async def _running(handle: WorkflowHandle[Any, Any]) -> bool:
@@ -131,16 +130,6 @@ async def _running(handle: WorkflowHandle[Any, Any]) -> bool:
             return False
         raise
     return described.status == WorkflowExecutionStatus.RUNNING
-
-
-@dataclass
-class Followed:
-    """How following a run ended: its result (None when the caller stopped following) and whether it was
-    attached to rather than started."""
-
-    result: dict[str, Any] | None
-    attached: bool
-    workflow_id: str
 
 
 async def follow_run(
@@ -155,9 +144,10 @@ async def follow_run(
     stop_following: asyncio.Event | None = None,
     on_attach: Callable[[bool], None] | None = None,
     poll: float = 0.25,
-) -> Followed:
-    """Run ``ticket`` on Temporal and pass its events to ``listeners`` until it ends or ``stop_following`` is set
-    (the run carries on without us; its home goes until a home serves the checkout again)."""
+) -> dict[str, Any] | None:
+    """Run ``ticket`` on Temporal and pass its events to ``listeners`` until it ends; its result, or None once
+    ``stop_following`` is set (the run carries on without us; its home goes until a home serves the checkout
+    again). ``on_attach`` is told whether the run was already going."""
     client = await connect(settings)
     home = (
         serving(client, queue=ticket.queue, environ=environ, root=prepared.root, keys=prepared.keys, shared=shared)
@@ -178,8 +168,7 @@ async def follow_run(
         _write_note(prepared.folder, settings, ticket.workflow_id)
         if on_attach is not None:
             on_attach(attached)
-        result = await _follow(handle, listeners, stop_following or asyncio.Event(), poll)
-        return Followed(result, attached, ticket.workflow_id)
+        return await _follow(handle, listeners, stop_following or asyncio.Event(), poll)
 
 
 async def _follow(
@@ -218,7 +207,7 @@ async def signal_run(folder: Path, signal: str, api_key: str | None = None) -> s
     its workflow is not running (``NotRunning``)."""
     note = read_note(folder)
     if note is None:
-        raise UsageError(f"{folder} has no run on Temporal ({NOTE_FILE} is missing)")
+        raise UsageError(f"{folder} has no run on Temporal (its temporal.json note is missing)")
     settings = Settings(
         str(note["address"]), str(note.get("namespace") or "default"), bool(note.get("tls")), api_key=api_key
     )

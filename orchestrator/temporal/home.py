@@ -15,6 +15,7 @@ activity that needs it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from typing import Any
 from temporalio import activity
 
 from ..errors import OrchestrateError, StateError
+from ..fileio import atomic_write
 from ..project import Project
 from ..run.opened import OpenedRun
 from ..run.options import PreparedRun
@@ -35,6 +37,7 @@ from .wire import (
     Wire,
     decision_to_wire,
     event_from_wire,
+    feedback_to_wire,
     input_to_wire,
     progress_from_wire,
     recalled_to_wire,
@@ -91,8 +94,8 @@ class HomeRuns:
             state = run.prepared.repository.recover() if run.prepared.repository.exists() else None
             if state is None or state.run_id != run_id:
                 raise StateError(f"run {run_id} of task {ticket.task!r} is not in {run.prepared.display}")
-            run.opened = OpenedRun.open(run.prepared, run_id=run_id, state=state)
-            run.recorded = _recorded(run.prepared, ticket)
+            run.opened = OpenedRun.open(run.prepared, run_id=run_id, state=state, loop=asyncio.get_running_loop())
+            run.recorded = _recorded(run.prepared)
         return run, run.opened
 
     async def close(self, ticket: Ticket) -> None:
@@ -108,14 +111,10 @@ class HomeRuns:
         self.runs.clear()
 
 
-def _progress_file(prepared: PreparedRun) -> Path:
-    return prepared.folder / ".temporal-recorded"
-
-
-def _recorded(prepared: PreparedRun, ticket: Ticket) -> int:
+def _recorded(prepared: PreparedRun) -> int:
     """How many events of this workflow the state folder holds (a home that restarted mid-run)."""
     try:
-        data = json.loads(_progress_file(prepared).read_text(encoding="utf-8"))
+        data = json.loads(prepared.repository.temporal_recorded.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 0
     return int(data.get("count", 0)) if data.get("workflow") == activity.info().workflow_run_id else 0
@@ -139,11 +138,11 @@ class HomeActivities:
             for index, data in enumerate(events, start=first):
                 if index < run.recorded:
                     continue
+                # Written on the worker's loop as a local run's are: lines at once, the snapshot on its interval.
                 opened.store.on_event(event_from_wire(data))
                 run.recorded = index + 1
-            opened.store.flush()
             marker = json.dumps({"workflow": activity.info().workflow_run_id, "count": run.recorded})
-            _progress_file(run.prepared).write_text(marker, encoding="utf-8")
+            atomic_write(run.prepared.repository.temporal_recorded, marker.encode(), durable=False)
         return run, opened
 
     @activity.defn(name="orchestrate.open")
@@ -152,7 +151,9 @@ class HomeActivities:
         ticket = Ticket.from_wire(ticket_data)
         run = self.runs.prepared(ticket)
         if run.opened is None:
-            run.opened = OpenedRun.open(run.prepared, run_id=uuid.uuid4().hex[:12], check=check_only)
+            run.opened = OpenedRun.open(
+                run.prepared, run_id=uuid.uuid4().hex[:12], check=check_only, loop=asyncio.get_running_loop()
+            )
             run.recorded = 0
         session = run.opened.session
         options = run.opened.options
@@ -161,9 +162,8 @@ class HomeActivities:
             "resumed": session.resume,
             "spent_usd": options.spent_usd,
             "round": options.round,
-            "feedback": {sid: [f.model_dump() for f in found] for sid, found in session.feedback.items()},
+            "feedback": feedback_to_wire(session.feedback),
             "batches": {sid: list(batch) for sid, batch in session.batches.items()},
-            "changes": list(session.changes),
         }
 
     @activity.defn(name="orchestrate.prepare")
@@ -237,8 +237,9 @@ class HomeActivities:
         ticket = Ticket.from_wire(ticket_data)
         run = self.runs.runs.get(ticket.workflow_id)
         if run is not None:  # the run is over: nothing is left to signal or to skip
-            _progress_file(run.prepared).unlink(missing_ok=True)
-            (run.prepared.folder / "temporal.json").unlink(missing_ok=True)
+            repository = run.prepared.repository
+            repository.temporal_recorded.unlink(missing_ok=True)
+            repository.temporal_note.unlink(missing_ok=True)
         await self.runs.close(ticket)
 
     def all(self) -> list[Any]:

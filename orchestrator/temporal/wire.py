@@ -10,7 +10,7 @@ functions; no Temporal import.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -27,6 +27,8 @@ __all__ = [
     "decision_to_wire",
     "event_from_wire",
     "event_to_wire",
+    "feedback_from_wire",
+    "feedback_to_wire",
     "input_from_wire",
     "input_to_wire",
     "progress_from_wire",
@@ -72,58 +74,33 @@ def input_from_wire(data: Wire) -> tuple[StageInput, bool]:
     return StageInput(request, dict(data["inputs"]), data["fingerprint"], data["min_tokens"]), bool(data["settles"])
 
 
-def usage_to_wire(usage: Usage) -> Wire:
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-    }
-
-
 def attempt_to_wire(attempt: AttemptRecord) -> Wire:
-    return {
-        "number": attempt.number,
-        "started": attempt.started,
-        "duration": attempt.duration,
-        "usage": usage_to_wire(attempt.usage),
-        "error": attempt.error,
-        "status_code": attempt.status_code,
-        "request_id": attempt.request_id,
-        "batch": attempt.batch,
-        "worker": attempt.worker,
-    }
+    return asdict(attempt)
 
 
 def attempt_from_wire(data: Wire) -> AttemptRecord:
     return AttemptRecord(**{**data, "usage": Usage(**data["usage"])})
 
 
-def _outcome_to_wire(outcome: StageOutcome) -> Wire:
-    return {
-        "status": outcome.status,
-        "output": outcome.output,
-        "data": outcome.data,
-        "error": outcome.error,
-        "usage": usage_to_wire(outcome.usage),
-        "cost_usd": outcome.cost_usd,
-        "duration": outcome.duration,
-        "fingerprint": outcome.fingerprint,
-        "reused": outcome.reused,
-        "conditional": outcome.conditional,
-    }
-
-
 def _outcome_from_wire(data: Wire) -> StageOutcome:
     return StageOutcome(**{**data, "usage": Usage(**data["usage"])})
+
+
+def feedback_to_wire(feedback: Mapping[str, list[Finding]]) -> Wire:
+    """Findings the audit sent stages back with."""
+    return {sid: [f.model_dump() for f in found] for sid, found in feedback.items()}
+
+
+def feedback_from_wire(data: Wire) -> dict[str, list[Finding]]:
+    return {sid: [Finding.model_validate(f) for f in found] for sid, found in data.items()}
 
 
 def progress_to_wire(progress: Progress, stages: Iterable[str]) -> Wire:
     """What a request of ``stages``' reader can see: their outcomes, and the run's findings, decisions,
     instances and contract notes."""
     return {
-        "outcomes": {sid: _outcome_to_wire(progress.outcomes[sid]) for sid in stages if sid in progress.outcomes},
-        "feedback": {sid: [f.model_dump() for f in found] for sid, found in progress.feedback.items()},
+        "outcomes": {sid: asdict(progress.outcomes[sid]) for sid in stages if sid in progress.outcomes},
+        "feedback": feedback_to_wire(progress.feedback),
         "decisions": {sid: decision_to_wire(d) for sid, d in progress.decisions.items()},
         "round": progress.round,
         "instances": {sid: asdict(i) for sid, i in progress.instances.items()},
@@ -134,7 +111,7 @@ def progress_to_wire(progress: Progress, stages: Iterable[str]) -> Wire:
 def progress_from_wire(data: Wire) -> Progress:
     return Progress(
         outcomes={sid: _outcome_from_wire(o) for sid, o in data["outcomes"].items()},
-        feedback={sid: [Finding.model_validate(f) for f in found] for sid, found in data["feedback"].items()},
+        feedback=feedback_from_wire(data["feedback"]),
         decisions={sid: Decision(**d) for sid, d in data["decisions"].items()},
         round=data["round"],
         instances={sid: Instance(**i) for sid, i in data["instances"].items()},

@@ -36,18 +36,17 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from ..audit import Finding
 from ..cost import Pricing
 from ..errors import RunnerError
 from ..events import Event, to_json
 from ..fingerprint import Recalled
 from ..run.engine import RunControl, execute
 from ..run.guard import WorkspaceGuard
-from ..run.opened import engine_options
+from ..run.opened import engine_options, workspace_guard
 from ..run.outcomes import Decision, Instance, Progress, StageInput
-from ..run.request import decide_condition, foreach_items
-from ..run.session import inside
+from ..run.request import decide_condition, foreach_items, outcomes_read
 from ..runners import AttemptRecord, BudgetExhausted, Meter, StageRequest, StageResult
+from ..runners.batches import BATCH_TIMEOUT
 from ..runners.registry import kind_of
 from .home import HomeRun, HomeRuns
 from .ticket import Ticket
@@ -57,6 +56,7 @@ from .wire import (
     attempt_from_wire,
     decision_from_wire,
     event_to_wire,
+    feedback_from_wire,
     input_from_wire,
     progress_to_wire,
     recalled_from_wire,
@@ -68,6 +68,9 @@ __all__ = ["HOMES", "RunWorkflow"]
 # The homes this process hosts, by checkout (set by the worker): the workflow runs on its home worker only.
 HOMES: dict[str, HomeRuns] = {}
 
+# The stage's own timeout is the engine's watchdog's to enforce (it cancels the try); this only bounds a try
+# Temporal would otherwise wait on for ever, beyond the longest a batch may take.
+_TRY_LIMIT = timedelta(seconds=BATCH_TIMEOUT + 3600)
 _HOME_TIMEOUT = timedelta(minutes=2)  # a home that died mid-call is asked again after this
 _HOME_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["PinError", "StateError", "UsageError"])
 
@@ -194,13 +197,12 @@ class _Guard:
 class _Executor:
     """Each try as an ``orchestrate.try`` activity, on the shared queue or the home's (see the module docstring)."""
 
-    def __init__(self, ticket: Ticket, run_id: str, home: HomeRun, timeout_of: Mapping[str, float | None]) -> None:
+    def __init__(self, ticket: Ticket, run_id: str, home: HomeRun) -> None:
         self.ticket = ticket
         self.wire = ticket.to_wire()
         self.run_id = run_id
         self.plan = home.prepared.compiled.plan
         self.pricing = dict(self.plan.workflow.pricing)
-        self.timeout_of = timeout_of
 
     def _remote(self, request: StageRequest) -> bool:
         """Whether any worker can run it: it only calls the model (no tools, no command, no batch)."""
@@ -226,13 +228,12 @@ class _Executor:
             "pricing": self.pricing,
             "batch": list(meter.batch) if meter.batch else None,
         }
-        timeout = self.timeout_of.get(stage.split("[", 1)[0])
         try:
             result = await workflow.execute_activity(
                 "orchestrate.try",
                 spec,
                 task_queue=self.ticket.queue if remote else self.ticket.home_queue,
-                start_to_close_timeout=timedelta(seconds=(timeout or 86400) + 60),
+                start_to_close_timeout=_TRY_LIMIT,
                 heartbeat_timeout=timedelta(seconds=self.ticket.heartbeat),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=1),
@@ -298,44 +299,26 @@ class RunWorkflow:
         home = homes.prepared(ticket)
         prepared = home.prepared
         plan = prepared.compiled.plan
-        renderer = prepared.compiled.renderer
-        everything = set(plan.order)  # the audit reads every stage's outcome
-        reads = {
-            sid: everything
-            if sid == plan.audit_stage
-            else {*plan.stages[sid].needs, *renderer.checker.stages_read(sid)}
-            for sid in plan.order
-        }
+        reads = {sid: outcomes_read(prepared, sid) for sid in plan.order}
         self.home = link = _Home(ticket, opened["run_id"], reads)
-        scopes = WorkspaceGuard(
-            plan,
-            prepared.root,
-            renderer,
-            params=prepared.params,
-            task=prepared.task,
-            ignore=inside(prepared.root, prepared.folder.parent),
-            acting=not prepared.offline,
-        )
         options = replace(
             engine_options(prepared, opened["run_id"], opened["spent_usd"], opened["round"], opened["resumed"]),
             poll_interval=POLL,
             tick=TICK,
             wait_at_gates=True,
         )
-        feedback = {sid: [Finding.model_validate(f) for f in found] for sid, found in opened["feedback"].items()}
-        timeouts = {sid: plan.stages[sid].timeout or plan.workflow.defaults.timeout for sid in plan.order}
         try:
             outcome = await execute(
                 plan,
-                executor=_Executor(ticket, opened["run_id"], home, timeouts),
+                executor=_Executor(ticket, opened["run_id"], home),
                 home=link,
                 listeners=[link],
                 options=options,
                 price=Pricing(plan.workflow.pricing),
                 clock=lambda: workflow.now().timestamp(),
-                feedback=feedback,
+                feedback=feedback_from_wire(opened["feedback"]),
                 control=self.control,
-                guard=_Guard(link, scopes),
+                guard=_Guard(link, workspace_guard(prepared)),
                 condition=decide_condition(prepared),
                 expand=foreach_items(prepared),
                 batches={sid: (b[0], b[1], b[2]) for sid, b in opened["batches"].items()},

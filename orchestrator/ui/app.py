@@ -21,7 +21,6 @@ Safe by default:
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hmac
 import secrets
 import time
@@ -39,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import OrchestrateError
 from ..state.approvals import record_decision
+from ..state.keys import approval_key
 from ..state.repository import recover_state
 from .pages import Pages
 
@@ -54,11 +54,13 @@ COOKIE = "orchestrate_ui"
 @dataclass(frozen=True)
 class Access:
     """Who may use the app: ``token`` (None on loopback: anyone who can reach it), and whether decisions may be
-    made from it; ``keys`` signs them as ``orchestrate approve`` does; ``notify`` tells a run on Temporal."""
+    made from it; ``keys`` signs them as ``orchestrate approve`` does, ``by`` names who made them, and
+    ``notify`` tells a run on Temporal."""
 
     token: str | None = None
     read_only: bool = False
     keys: Path | None = None
+    by: str = ""
     notify: Callable[[Path], str | None] | None = None
 
 
@@ -109,12 +111,6 @@ def make_app(state_root: Path, access: Access) -> Starlette:
             return PlainTextResponse(f"no task {task!r}", 404)
         approved = form.get("decision") == "approve"
         try:
-            by = getpass.getuser()
-        except (KeyError, OSError):
-            by = ""
-        from ..state.keys import approval_key
-
-        try:
             state = recover_state(folder, display=task)
             record_decision(
                 folder,
@@ -122,7 +118,7 @@ def make_app(state_root: Path, access: Access) -> Starlette:
                 stage,
                 approved=approved,
                 note=form.get("note", ""),
-                by=by,
+                by=access.by,
                 now=time.time(),
                 display=task,
                 key=approval_key(access.keys),
