@@ -253,3 +253,18 @@ def test_a_decision_from_another_site_is_refused(
         assert refused.value.code == 403
     state = json.loads((project.root / "docs/ai/csrf/state.json").read_text())
     assert state["stages"]["frontend"]["approval"]["status"] == "waiting"  # nothing was decided
+
+
+def test_a_port_in_use_is_a_clear_error(project: TempProject) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "ui", "--port", str(port), "--root", str(project.root)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"can't serve on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

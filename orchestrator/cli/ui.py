@@ -27,6 +27,21 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _check_free(host: str, port: int) -> None:
+    """Refuse, in words, an address the server could not bind (taken, or not this machine's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        raise UsageError(
+            f"can't serve on {host}:{port}: {exc.strerror or exc}", hint="choose another with --port (or --host)"
+        ) from None
+
+
 @cli.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="The port to serve on.")
 @click.option(
@@ -52,6 +67,7 @@ def ui(port: int, host: str, read_only: bool, root: Path | None) -> int:
     with _paused_gc():
         from ..ui.app import Access, make_app, serve
 
+    _check_free(host, port)
     project = _task_project(root)
     token = None if _loopback(host) else (os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24))
     app = make_app(project.state_root, Access(token, read_only, project.keys, user_name(), notify_decided))
